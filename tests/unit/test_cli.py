@@ -1,0 +1,63 @@
+"""`trimllm info` and `trimllm drop` on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import build_tiny, tiny_tokenizer
+from trimllm.cli import app
+from trimllm.modeling import load_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = build_tiny("gemma3_text")
+    model.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_info_lists_family_blocks_and_layer_types(checkpoint):
+    result = CliRunner().invoke(app, ["info", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "gemma3_text" in result.output and "blocks:      6 of 6" in result.output
+    assert result.output.count("full_attention") == 2 and result.output.count("sliding_attention") == 4
+
+
+def test_drop_exports_and_reports(checkpoint, tmp_path):
+    out = tmp_path / "small"
+    result = CliRunner().invoke(app, ["drop", str(checkpoint), "--blocks", "2,3", "--mlp", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "blocks:      4 of 6" in result.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["modules"]["dropped"] == ["block.2", "block.3", "mlp.5"]
+    model, _ = load_model(out, device="cpu")
+    assert model.config.num_hidden_layers == 4
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--blocks", "2,x"], "comma-separated block indices"),
+        (["--blocks", "17"], "out of range"),
+        ([], "nothing to remove"),
+    ],
+)
+def test_drop_rejects_bad_input_with_one_message(checkpoint, tmp_path, args, message):
+    result = CliRunner().invoke(app, ["drop", str(checkpoint), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_drop_refuses_a_non_empty_out_before_loading(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "x").write_text("")
+    result = CliRunner().invoke(app, ["drop", "does-not-matter", "--blocks", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--overwrite" in result.output

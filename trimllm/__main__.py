@@ -1,0 +1,3 @@
+from trimllm.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""The ``trimllm`` command line. The only module that configures logging.
+
+Each subcommand is a thin wrapper over one library function, so everything the CLI does is also a Python call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Specialize decoder LLMs to a domain while removing the blocks it does not need.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Packaged name (smollm2-135m, gemma3-270m), local checkpoint dir, .gguf file or hub id.")
+]
+DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")]
+
+
+def _parse_indices(text: str | None, flag: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated block indices such as 3,13,14; got {text!r}", param_hint=flag) from None
+
+
+@app.command()
+def info(model: ModelArg, dtype: DtypeOpt = "auto") -> None:
+    """Print the model's family, blocks, parameters and per-block types."""
+    from trimllm.summary import describe, load_for_cli
+
+    loaded, _ = load_for_cli(model, dtype)
+    typer.echo(describe(loaded))
+
+
+@app.command()
+def drop(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the exported model.")],
+    blocks: Annotated[str | None, typer.Option(help="Whole blocks to remove (original indices), e.g. 3,13,14.")] = None,
+    attention: Annotated[str | None, typer.Option(help="Blocks whose attention branch to bypass.")] = None,
+    mlp: Annotated[str | None, typer.Option(help="Blocks whose MLP branch to bypass.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Remove blocks (or attention / MLP halves) and export a standard Hugging Face model."""
+    block_ids = _parse_indices(blocks, "--blocks")
+    attn_ids = _parse_indices(attention, "--attention")
+    mlp_ids = _parse_indices(mlp, "--mlp")
+    if not (block_ids or attn_ids or mlp_ids):
+        raise typer.BadParameter("nothing to remove: pass --blocks, --attention and/or --mlp", param_hint="--blocks")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise typer.BadParameter(f"{out} is not empty; choose another directory or pass --overwrite", param_hint="--out")
+
+    from trimllm.export import save_compressed
+    from trimllm.summary import describe, load_for_cli
+    from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks, get_plan
+
+    loaded, tokenizer = load_for_cli(model, dtype)
+    try:
+        if attn_ids:
+            bypass_attention(loaded, attn_ids)
+        if mlp_ids:
+            bypass_mlp(loaded, mlp_ids)
+        if block_ids:
+            drop_blocks(loaded, block_ids)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--blocks/--attention/--mlp") from None
+    save_compressed(loaded, tokenizer, out, plan=get_plan(loaded), overwrite=overwrite)
+    typer.echo(describe(loaded))
+    typer.echo(f"\nSaved to {out}")
+
+
+def main() -> None:
+    # Keep Hugging Face caches inside trimllm's cache unless the user chose otherwise (set before transformers loads).
+    from trimllm.modeling import cache_root
+
+    os.environ.setdefault("HF_HOME", str(cache_root() / "huggingface"))
+    logging.basicConfig(level=os.environ.get("TRIMLLM_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

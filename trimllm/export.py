@@ -1,0 +1,166 @@
+"""Standard Hugging Face export of a compressed model: safetensors, config, tokenizer, ``plan.json``, model card.
+
+Whole-block drops are physical, so the export is an ordinary checkpoint with fewer layers. A bypassed attention
+or MLP branch cannot be expressed in a standard config, so it is exported as the family's ordinary module with
+all weights zero: its output projection is zero, so the branch adds exactly zero to the residual stream and plain
+``AutoModelForCausalLM.from_pretrained`` gives the same logits. :func:`trimllm.modeling.load_model` reads
+``plan.json`` and swaps those zero modules for :class:`~trimllm.surgery.SkippedAttention` /
+:class:`~trimllm.surgery.SkippedMLP`, which skip the computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trimllm.architectures import get_arch, get_submodule
+from trimllm.plan import PLAN_FILE, Plan, count_parameters
+from trimllm.surgery import SkippedAttention, SkippedMLP, get_plan, unwrap
+
+logger = logging.getLogger(__name__)
+
+
+def save_compressed(
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    plan: Plan | None = None,
+    overwrite: bool = False,
+    extra_card: str = "",
+) -> Path:
+    """Write a standalone, standard checkpoint of ``model`` to ``out_dir``, atomically.
+
+    Args:
+        model: the (possibly compressed) ``*ForCausalLM``; peft adapters must be merged first.
+        tokenizer: saved beside the weights when given.
+        out_dir: target directory; it must not exist or be empty unless ``overwrite``.
+        plan: the structural plan (default: the one attached to the model).
+        overwrite: replace an existing non-empty ``out_dir``.
+        extra_card: markdown appended to the model card (e.g. evaluation results).
+
+    Returns:
+        ``out_dir`` as a ``Path``.
+
+    Raises:
+        FileExistsError: ``out_dir`` is non-empty and ``overwrite`` is False.
+    """
+    model = unwrap(model)
+    plan = plan or get_plan(model)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"Output directory {out_dir} is not empty. Choose another --out, or pass --overwrite to replace it."
+        )
+
+    def write(tmp: Path) -> None:
+        with standard_modules(model):
+            model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        plan.save(tmp / PLAN_FILE)
+        (tmp / "README.md").write_text(model_card(model, plan, extra_card))
+
+    atomic_directory(out_dir, write)
+    logger.info("Saved %d-block model (%s parameters) to %s", len(plan.kept), f"{count_parameters(model):,}", out_dir)
+    return out_dir
+
+
+def atomic_directory(out_dir: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary sibling directory, then rename it to ``out_dir``.
+
+    A crash leaves either the old ``out_dir`` or the complete new one, never a half-written directory.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(trash)
+            tmp.rename(out_dir)
+            shutil.rmtree(trash)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def standard_modules(model: nn.Module) -> Iterator[None]:
+    """Temporarily replace skipped branches by zero-weight standard modules (for saving)."""
+    arch = get_arch(model)
+    layers = get_submodule(model, arch.layers_path)
+    swapped = []
+    for pos, layer in enumerate(layers):
+        for attr, skipped_type in ((arch.attention, SkippedAttention), (arch.mlp, SkippedMLP)):
+            skipped = getattr(layer, attr)
+            if isinstance(skipped, skipped_type):
+                setattr(layer, attr, _zero_module(model, layer, attr, pos))
+                swapped.append((layer, attr, skipped))
+    try:
+        yield
+    finally:
+        for layer, attr, skipped in swapped:
+            setattr(layer, attr, skipped)
+
+
+def _zero_module(model: nn.Module, layer: nn.Module, attr: str, pos: int) -> nn.Module:
+    # Build the family's own block for this position and keep only the needed branch, so that the
+    # saved tensors have exactly the names and shapes plain transformers expects.
+    reference = next(model.parameters())
+    with torch.device(reference.device):
+        fresh = getattr(type(layer)(model.config, pos), attr)
+    fresh.to(reference.dtype)
+    with torch.no_grad():
+        for param in fresh.parameters():
+            param.zero_()
+    return fresh
+
+
+def model_card(model: nn.Module, plan: Plan, extra: str = "") -> str:
+    """A README.md describing where the checkpoint came from, what was removed and how to load it."""
+    params = count_parameters(model)
+    removed = plan.modules()["dropped"] or ["nothing"]
+    ratio = params / plan.params_original if plan.params_original else 1.0
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [trimllm, layer-pruning]",
+        "---",
+        f"# {plan.model_type} compressed by trimllm",
+        "",
+        f"- Base model: `{plan.base_model}` ({plan.num_layers} blocks, {plan.params_original:,} parameters)",
+        f"- This model: {len(plan.kept)} blocks, {params:,} parameters ({ratio:.1%} of the base)",
+        f"- Removed (base-model indices): {', '.join(removed)}",
+        f"- Blocks kept (base-model indices): {plan.kept}",
+        "",
+        "## Loading",
+        "",
+        "A standard checkpoint, no custom code:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        "```",
+    ]
+    if plan.bypassed_attention or plan.bypassed_mlp:
+        lines += [
+            "",
+            "Bypassed attention / MLP branches are stored as zero-weight modules, so plain transformers computes",
+            "them and adds exactly zero. `trimllm.load_model(PATH)` reads `plan.json` and skips them instead.",
+        ]
+    lines += ["", "`plan.json` lists every structural edit in the base model's block indices."]
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines) + "\n"
