@@ -98,3 +98,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def flat(text: str) -> str:
+    """CLI output with typer's error-box borders removed and whitespace collapsed (boxes wrap long messages)."""
+    for char in "│╭╮╰╯─":
+        text = text.replace(char, " ")
+    return " ".join(text.split())

@@ -81,12 +81,60 @@ def drop(
     typer.echo(f"\nSaved to {out}")
 
 
+@app.command("eval")
+def eval_command(
+    model: Annotated[str | None, typer.Argument(help="Model to evaluate (as for `info`); omit with --list.")] = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks or groups, e.g. science,general or sciq.")] = "science,general",
+    limit: Annotated[float | None, typer.Option(help="At most N test documents per task (a fraction if < 1).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="lm-eval batch size.")] = 8,
+    num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", help="Few-shot examples (from the train side).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for results.json, results.md, samples.")] = None,
+    log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write per-document samples.")] = False,
+    list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and groups, then exit.")] = False,
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Evaluate a model on trimllm's domain and general tasks with lm-eval (offline, bundled data)."""
+    from trimllm.evaluation import evaluate, resolve_tasks, results_table, task_groups, write_results
+
+    if list_tasks:
+        for group, members in task_groups().items():
+            typer.echo(f"{group}: {', '.join(members)}")
+        return
+    if model is None:
+        raise typer.BadParameter("pass a MODEL to evaluate (or --list)", param_hint="MODEL")
+    try:
+        names = resolve_tasks([t for t in tasks.split(",") if t])
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--tasks") from None
+    if log_samples and out is None:
+        raise typer.BadParameter("--log-samples needs --out", param_hint="--log-samples")
+    limit_value = int(limit) if limit is not None and limit >= 1 else limit
+
+    from trimllm.summary import load_for_cli
+
+    loaded, tokenizer = load_for_cli(model, dtype)
+    results = evaluate(loaded, tokenizer, names, limit=limit_value, batch_size=batch_size,
+                       num_fewshot=num_fewshot, log_samples=log_samples)
+    typer.echo(results_table(results, loaded))
+    if out is not None:
+        write_results(results, out, loaded)
+        typer.echo(f"Results written to {out}")
+
+
+class _QuietLmEval(logging.Filter):
+    """Drop lm-eval's per-task hint about --metadata, printed for every task with a custom loader."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
 def main() -> None:
     # Keep Hugging Face caches inside trimllm's cache unless the user chose otherwise (set before transformers loads).
     from trimllm.modeling import cache_root
 
     os.environ.setdefault("HF_HOME", str(cache_root() / "huggingface"))
     logging.basicConfig(level=os.environ.get("TRIMLLM_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lm_eval.api.task").addFilter(_QuietLmEval())
     app()
 
 

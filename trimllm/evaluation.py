@@ -1,0 +1,169 @@
+"""lm-eval glue: run trimllm's task definitions (``eval/tasks``) on an in-memory model and write the results.
+
+Everything goes through lm-eval itself (``HFLM(pretrained=model)`` + ``TaskManager(include_path=...)``), so a
+number from ``trimllm eval`` is the number plain ``lm_eval --include_path eval/tasks`` prints for the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from trimllm.plan import count_parameters
+from trimllm.registry import did_you_mean
+
+logger = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
+DOMAINS = ("science", "medical", "finance", "legal", "general")
+PREFIX = "trimllm_"
+
+
+def task_groups() -> dict[str, list[str]]:
+    """``{group: [task, ...]}`` read from the group YAMLs in ``eval/tasks``."""
+    if not TASKS_DIR.is_dir():
+        raise FileNotFoundError(
+            f"lm-eval task directory {TASKS_DIR} not found; trimllm's tasks ship in the repository's eval/tasks "
+            "(install trimllm from a checkout with `make setup`)."
+        )
+    groups = {}
+    for domain in DOMAINS:
+        config = yaml.safe_load((TASKS_DIR / f"{PREFIX}{domain}.yaml").read_text())
+        groups[config["group"]] = list(config["task"])
+    return groups
+
+
+def resolve_tasks(names: list[str]) -> list[str]:
+    """Map user task names to lm-eval names: ``sciq`` -> ``trimllm_sciq``, ``science`` -> ``trimllm_science``.
+
+    Raises:
+        ValueError: a name matches no task or group; the message suggests the closest one.
+    """
+    groups = task_groups()
+    known = set(groups) | {task for tasks in groups.values() for task in tasks}
+    resolved = []
+    for name in names:
+        for candidate in (name, PREFIX + name):
+            if candidate in known:
+                resolved.append(candidate)
+                break
+        else:
+            short = sorted({k.removeprefix(PREFIX) for k in known})
+            raise ValueError(
+                f"Unknown task or group {name!r}.{did_you_mean(name.removeprefix(PREFIX), short)} "
+                f"See `trimllm eval --list`."
+            )
+    return resolved
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    tasks: list[str],
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    num_fewshot: int | None = None,
+    log_samples: bool = False,
+) -> dict:
+    """Evaluate an in-memory model on trimllm tasks or groups with lm-eval.
+
+    Args:
+        model: a ``*ForCausalLM`` (a compressed one included).
+        tokenizer: its tokenizer.
+        tasks: task or group names (short names such as ``sciq`` or ``general`` are accepted).
+        limit: at most this many test documents per task (lm-eval's ``--limit``).
+        batch_size: lm-eval batch size.
+        num_fewshot: few-shot examples, drawn from the train side (default: the task's, zero).
+        log_samples: keep per-document records in ``results["samples"]``.
+
+    Returns:
+        lm-eval's results dictionary.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    names = resolve_tasks(tasks)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    return simple_evaluate(
+        model=lm,
+        tasks=names,
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=log_samples,
+        bootstrap_iters=1000,
+    )
+
+
+def results_table(results: dict, model: nn.Module | None = None) -> str:
+    """Markdown: acc / acc_norm / stderr per task, the mean per domain, and the model's size."""
+    lines = []
+    if model is not None:
+        from trimllm.surgery import get_plan
+
+        plan = get_plan(model)
+        lines += [
+            f"Model: `{plan.base_model}`, {len(plan.kept)} of {plan.num_layers} blocks, "
+            f"{count_parameters(model):,} parameters.",
+            "",
+        ]
+    lines += ["| task | acc | ± | acc_norm | ± | n |", "|---|---|---|---|---|---|"]
+    per_task = {k: v for k, v in results["results"].items() if k not in results.get("groups", {})}
+    for task, metrics in sorted(per_task.items()):
+        n = results.get("n-samples", {}).get(task, {}).get("effective", "")
+        lines.append(
+            f"| {task.removeprefix(PREFIX)} | {_fmt(metrics.get('acc,none'))} | {_fmt(metrics.get('acc_stderr,none'))} "
+            f"| {_fmt(metrics.get('acc_norm,none'))} | {_fmt(metrics.get('acc_norm_stderr,none'))} | {n} |"
+        )
+    domain_means = domain_scores(results)
+    if domain_means:
+        lines += ["", "| domain | mean acc | tasks |", "|---|---|---|"]
+        for domain, (mean, count) in domain_means.items():
+            lines.append(f"| {domain} | {_fmt(mean)} | {count} |")
+    return "\n".join(lines) + "\n"
+
+
+def domain_scores(results: dict) -> dict[str, tuple[float, int]]:
+    """Unweighted mean acc of the tasks of each domain present in ``results`` (``{domain: (mean, n_tasks)}``)."""
+    scores = {}
+    for group, tasks in task_groups().items():
+        values = [results["results"][t]["acc,none"] for t in tasks if t in results["results"]]
+        if values:
+            scores[group.removeprefix(PREFIX)] = (sum(values) / len(values), len(values))
+    return scores
+
+
+def write_results(results: dict, out_dir: str | Path, model: nn.Module | None = None) -> Path:
+    """Write ``results.json`` (lm-eval's format), ``samples_<task>.jsonl`` and ``results.md`` to ``out_dir``."""
+    from lm_eval.utils import handle_non_serializable
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = results.get("samples") or {}
+    summary = {k: v for k, v in results.items() if k != "samples"}
+    _write_atomic(out_dir / "results.json", json.dumps(summary, indent=2, default=handle_non_serializable))
+    for task, records in samples.items():
+        text = "".join(json.dumps(r, default=handle_non_serializable) + "\n" for r in records)
+        _write_atomic(out_dir / f"samples_{task}.jsonl", text)
+    _write_atomic(out_dir / "results.md", results_table(results, model))
+    return out_dir
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "N/A":
+        return "–"
+    return f"{value:.4f}"
