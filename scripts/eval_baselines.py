@@ -15,10 +15,10 @@ import platform
 import time
 from pathlib import Path
 
+import lm_eval
 import torch
 import transformers
 
-import lm_eval
 from trimllm.evaluation import domain_scores, evaluate, results_table
 from trimllm.modeling import load_model
 from trimllm.plan import count_parameters

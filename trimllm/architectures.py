@@ -21,6 +21,7 @@ class ArchSpec:
     Attributes:
         model_type: ``config.model_type`` this row applies to.
         layers_path: dotted path from the ``*ForCausalLM`` model to the ``nn.ModuleList`` of decoder blocks.
+        final_norm: dotted path to the norm applied after the last block (before the LM head).
         attention: attribute of a block holding self-attention.
         mlp: attribute of a block holding the feed-forward network.
         attention_norms: norms that belong to the attention branch (pre-norm first, then any post-norm).
@@ -37,6 +38,7 @@ class ArchSpec:
 
     model_type: str
     layers_path: str = "model.layers"
+    final_norm: str = "model.norm"
     attention: str = "self_attn"
     mlp: str = "mlp"
     attention_norms: tuple[str, ...] = ("input_layernorm",)

@@ -121,6 +121,68 @@ def eval_command(
         typer.echo(f"Results written to {out}")
 
 
+@app.command()
+def score(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", help="Directory for scores.json, scores.md and scores.png.")],
+    data: Annotated[str, typer.Option(help="Calibration data set (train side only), e.g. sciq, financial_phrasebank.")] = "sciq",
+    scorer: Annotated[str, typer.Option(help="Comma-separated scorers, e.g. block_influence,taylor,task_accuracy.")] = "block_influence",
+    granularity: Annotated[str, typer.Option(help="block (whole blocks) or sublayer (attention and MLP halves).")] = "block",
+    n_calib: Annotated[int, typer.Option("--n-calib", help="Calibration examples.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration draw (and of the random scorer).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8,
+    angular_n: Annotated[int, typer.Option("--angular-n", help="Run length n of the angular scorer.")] = 1,
+    proxy_k: Annotated[int | None, typer.Option("--proxy-k", help="task_accuracy: scan exactly only the k candidates block_influence ranks lowest.")] = None,
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Score every block (or half) of a model: higher = more important."""
+    from trimllm.data import get_spec
+    from trimllm.prompts import supported
+    from trimllm.scoring import SCORERS
+    from trimllm.scoring.candidates import GRANULARITIES
+
+    names = [s for s in scorer.split(",") if s]
+    problems = []
+    for name in names:
+        if name not in SCORERS:
+            try:
+                SCORERS.get(name)
+            except ValueError as err:
+                problems.append(str(err))
+    if granularity not in GRANULARITIES:
+        problems.append(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    try:
+        get_spec(data)
+        if data not in supported():
+            problems.append(f"--data {data!r} has no multiple-choice prompt; use one of {', '.join(supported())}")
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:
+        raise typer.BadParameter("; ".join(problems), param_hint="--scorer/--data/--granularity")
+
+    from trimllm.report import write_scores
+    from trimllm.scoring import CalibrationSet, run_scorer
+    from trimllm.summary import load_for_cli
+
+    try:
+        calibration = CalibrationSet.from_dataset(data, n_calib, seed=seed)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err), param_hint="--data/--n-calib") from None
+    loaded, tokenizer = load_for_cli(model, dtype)
+    options = {"batch_size": batch_size, "seed": seed, "n": angular_n}
+    if proxy_k:
+        options.update(proxy="block_influence", proxy_k=proxy_k)
+    results = []
+    for name in names:
+        result = run_scorer(name, loaded, tokenizer, calibration, granularity=granularity, **options)
+        typer.echo(f"{name}: least important {', '.join(c for c, _ in result.ranked()[:5])} ({result.meta['seconds']:.1f} s)")
+        results.append(result)
+    meta = {"model": model, "dataset": data, "n_calib": n_calib, "seed": seed, "granularity": granularity,
+            "calibration_uids": calibration.uids}
+    write_scores(results, meta, out)
+    typer.echo(f"Scores written to {out}")
+
+
 class _QuietLmEval(logging.Filter):
     """Drop lm-eval's per-task hint about --metadata, printed for every task with a custom loader."""
 

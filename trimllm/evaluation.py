@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import yaml
@@ -145,22 +144,18 @@ def write_results(results: dict, out_dir: str | Path, model: nn.Module | None = 
     """Write ``results.json`` (lm-eval's format), ``samples_<task>.jsonl`` and ``results.md`` to ``out_dir``."""
     from lm_eval.utils import handle_non_serializable
 
+    from trimllm.export import write_text_atomic
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples") or {}
     summary = {k: v for k, v in results.items() if k != "samples"}
-    _write_atomic(out_dir / "results.json", json.dumps(summary, indent=2, default=handle_non_serializable))
+    write_text_atomic(out_dir / "results.json", json.dumps(summary, indent=2, default=handle_non_serializable))
     for task, records in samples.items():
         text = "".join(json.dumps(r, default=handle_non_serializable) + "\n" for r in records)
-        _write_atomic(out_dir / f"samples_{task}.jsonl", text)
-    _write_atomic(out_dir / "results.md", results_table(results, model))
+        write_text_atomic(out_dir / f"samples_{task}.jsonl", text)
+    write_text_atomic(out_dir / "results.md", results_table(results, model))
     return out_dir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(value) -> str:

@@ -95,6 +95,14 @@ def atomic_directory(out_dir: Path, write) -> None:
         raise
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file via a temporary sibling and an atomic rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def standard_modules(model: nn.Module) -> Iterator[None]:
     """Temporarily replace skipped branches by zero-weight standard modules (for saving)."""

@@ -55,3 +55,22 @@ def test_short_names_resolve_and_typos_are_caught():
     assert resolve_tasks(["sciq", "general", "trimllm_fpb"]) == ["trimllm_sciq", "trimllm_general", "trimllm_fpb"]
     with pytest.raises(ValueError, match="Did you mean 'sciq'"):
         resolve_tasks(["sciqq"])
+
+
+@pytest.mark.parametrize(
+    "task_name, dataset",
+    [("trimllm_sciq", "sciq"), ("trimllm_pubmedqa", "pubmedqa"), ("trimllm_medmcqa", "medmcqa"),
+     ("trimllm_medqa", "medqa_usmle"), ("trimllm_fpb", "financial_phrasebank"),
+     ("trimllm_legalbench_abercrombie", "legalbench"), ("trimllm_mmlu_anatomy", "mmlu"),
+     ("trimllm_arc_challenge", "arc_challenge")],
+)
+def test_calibration_prompts_equal_the_evaluation_prompts(loaded, task_name, dataset):
+    from trimllm.prompts import mc_item
+
+    task = next(t for key, t in loaded.items() if str(getattr(key, "task", key)).endswith(task_name))
+    for doc in list(task.test_docs())[:10]:
+        item = mc_item(dataset, doc)
+        assert item.context == (task.config.description or "") + task.doc_to_text(doc)
+        assert list(item.choices) == [" " + c for c in task.doc_to_choice(doc)]
+        target = task.doc_to_target(doc)
+        assert item.gold == (target if isinstance(target, int) else task.doc_to_choice(doc).index(target))

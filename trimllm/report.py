@@ -1,0 +1,70 @@
+"""Tables and plots: ranked score tables and the candidates x scorers heatmap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trimllm.scoring import ScoreResult
+from trimllm.scoring.candidates import parse
+
+
+def scores_json(results: list[ScoreResult], meta: dict) -> dict:
+    """``{scorer: [{"candidate", "score"}, ...], "meta": {...}}`` (original indices, higher = more important)."""
+    data: dict = {r.scorer: r.as_list() for r in results}
+    data["meta"] = {**meta, "scorers": {r.scorer: r.meta for r in results}}
+    return data
+
+
+def ranked_table(results: list[ScoreResult]) -> str:
+    """Markdown: per scorer, candidates from least to most important (the drop order)."""
+    lines = ["Candidates from least to most important (drop order); higher score = more important.", ""]
+    for result in results:
+        lines += [f"## {result.scorer} ({result.meta.get('seconds', 0):.1f} s)", "", "| rank | candidate | score |",
+                  "|---|---|---|"]
+        lines += [f"| {i} | {c} | {s:.6g} |" for i, (c, s) in enumerate(result.ranked(), start=1)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def heatmap(results: list[ScoreResult], path: str | Path) -> Path:
+    """PNG heatmap: one column per scorer, one row per block; with halves, attention and MLP rows alternate.
+
+    Each scorer's column is shown as its rank (0 = least important) so scorers with different scales compare.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    candidates = sorted(results[0].scores, key=lambda c: (parse(c)[1], parse(c)[0] != "attn"))
+    grid = np.zeros((len(candidates), len(results)))
+    for j, result in enumerate(results):
+        order = {c: i for i, (c, _) in enumerate(result.ranked())}
+        grid[:, j] = [order[c] / max(len(candidates) - 1, 1) for c in candidates]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(results), 1.2 + 0.22 * len(candidates)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(results)), [r.scorer for r in results], rotation=30, ha="right")
+    ax.set_yticks(range(len(candidates)), candidates, fontsize=7)
+    ax.set_title("Importance rank (dark = drop first)")
+    fig.colorbar(image, ax=ax, label="rank / (n - 1)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_scores(results: list[ScoreResult], meta: dict, out_dir: str | Path) -> Path:
+    """Write ``scores.json``, ``scores.md`` and ``scores.png`` to ``out_dir`` (each file replaced atomically)."""
+    from trimllm.export import write_text_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "scores.json", json.dumps(scores_json(results, meta), indent=2))
+    write_text_atomic(out_dir / "scores.md", ranked_table(results))
+    tmp = out_dir / ".scores.tmp.png"
+    heatmap(results, tmp)
+    tmp.replace(out_dir / "scores.png")
+    return out_dir

@@ -1,0 +1,78 @@
+"""Candidates for removal, named in the base model's original indices: ``block.i``, ``attn.i``, ``mlp.i``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+from trimllm.architectures import get_arch, get_layers
+from trimllm.surgery import SkippedAttention, SkippedMLP, get_plan, unwrap
+
+GRANULARITIES = ("block", "sublayer")
+
+
+def parse(candidate: str) -> tuple[str, int]:
+    """``"attn.5"`` -> ``("attn", 5)``."""
+    kind, _, index = candidate.partition(".")
+    if kind not in ("block", "attn", "mlp") or not index.isdigit():
+        raise ValueError(f"Bad candidate name {candidate!r}; expected block.N, attn.N or mlp.N.")
+    return kind, int(index)
+
+
+def list_candidates(model: nn.Module, granularity: str = "block") -> list[str]:
+    """Every removable unit still present: whole blocks, or the attention and MLP halves not yet bypassed."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    model = unwrap(model)
+    plan = get_plan(model)
+    if granularity == "block":
+        return [f"block.{i}" for i in plan.kept]
+    names = []
+    for i in plan.kept:
+        if i not in plan.bypassed_attention:
+            names.append(f"attn.{i}")
+        if i not in plan.bypassed_mlp:
+            names.append(f"mlp.{i}")
+    return names
+
+
+class PassThrough(nn.Module):
+    """A block that returns its input unchanged (a skipped block, for scoring)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def skipping(model: nn.Module, candidate: str) -> Iterator[None]:
+    """Temporarily make ``model`` skip one candidate; its structure is restored on exit.
+
+    Unlike surgery this keeps every index and config field unchanged, so it is cheap and exactly reversible.
+    """
+    model = unwrap(model)
+    arch, plan = get_arch(model), get_plan(model)
+    kind, index = parse(candidate)
+    position = plan.position(index)
+    layers = get_layers(model)
+    layer = layers[position]
+    if kind == "block":
+        owner, attr, stand_in = layers, position, PassThrough()
+    elif kind == "attn":
+        owner, attr, stand_in = layer, arch.attention, SkippedAttention(layer_idx=position)
+    else:
+        owner, attr, stand_in = layer, arch.mlp, SkippedMLP()
+    original = owner[attr] if kind == "block" else getattr(owner, attr)
+    _assign(owner, attr, stand_in)
+    try:
+        yield
+    finally:
+        _assign(owner, attr, original)
+
+
+def _assign(owner, attr, module) -> None:
+    if isinstance(attr, int):
+        owner[attr] = module
+    else:
+        setattr(owner, attr, module)

@@ -1,0 +1,112 @@
+"""TrimLLM's calibration scan (Hu et al., 2024, "TrimLLM: Progressive layer dropping for domain-specific LLMs"):
+bypass each candidate in turn and measure multiple-choice accuracy on a calibration set from the train side.
+
+A candidate whose removal costs the most accuracy is the most important. Small calibration sets tie often, so
+the score folds three keys into one float, each scaled below the resolution of the one before:
+
+    score = (acc_base - acc_without)                       # steps of 1/N
+          + 0.5/N * tanh(ll_base - ll_without)             # mean gold log-likelihood drop, |.| < 0.5/N
+          + 0.5/N * 1e-3 * tanh(norm / mean norm)          # TrimLLM's tie-breaker: output activation norm
+
+Exact scanning: ``fast=True`` packs each question's choices into one row and re-runs only the blocks from the
+candidate on, applying the LM head at answer positions only; ``fast=False`` evaluates every (question, choice)
+sequence through the whole model once per candidate, as lm-eval would. Both give the same scores up to float
+rounding. With ``proxy="block_influence"`` and ``proxy_k=k``, only the k candidates the one-pass proxy ranks
+least important are scanned exactly; the others are scored above every scanned one, in proxy order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trimllm.scoring import SCORERS
+from trimllm.scoring.activation_norm import activation_norms
+from trimllm.scoring.calibration import build_mc_batches
+from trimllm.scoring.candidates import skipping
+from trimllm.scoring.forward import (
+    capture_calls,
+    choice_loglik,
+    final_norm,
+    hidden_without,
+    mc_inputs,
+    mc_outcome,
+    sum_choice_logprobs,
+)
+
+
+@SCORERS.register("task_accuracy")
+def task_accuracy(
+    model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, fast: bool = True,
+    proxy: str | None = None, proxy_k: int | None = None, **_,
+):
+    scanned, proxy_order = _preselect(model, tokenizer, calibration, candidates, proxy, proxy_k, batch_size, max_length)
+    batches = build_mc_batches(tokenizer, calibration.items, batch_size, pack=fast, max_length=max_length)
+    base, per = _scan(model, batches, scanned, fast)
+    n = len(calibration.items)
+    norms = activation_norms(model, tokenizer, calibration.texts(), scanned, batch_size, max_length)
+    mean_norm = sum(norms.values()) / len(norms) or 1.0
+    scores = {}
+    for c in scanned:
+        acc_drop = (base[0] - per[c][0]) / n
+        ll_drop = (base[1] - per[c][1]) / n
+        scores[c] = acc_drop + 0.5 / n * math.tanh(ll_drop) + 0.5 / n * 1e-3 * math.tanh(norms[c] / mean_norm)
+    top = max(scores.values())
+    for rank, c in enumerate(c for c in proxy_order if c not in scores):
+        scores[c] = top + 1.0 + rank  # not scanned: kept, more important than anything scanned
+    meta = {
+        "base_acc": base[0] / n,
+        "acc_without": {c: per[c][0] / n for c in scanned},
+        "gold_ll_without": {c: per[c][1] / n for c in scanned},
+        "scanned": scanned,
+        "fast": fast,
+        "proxy": proxy,
+    }
+    return scores, meta
+
+
+def _preselect(model, tokenizer, calibration, candidates, proxy, proxy_k, batch_size, max_length):
+    if not proxy or not proxy_k or proxy_k >= len(candidates):
+        return list(candidates), list(candidates)
+    from trimllm.scoring import run_scorer
+
+    ranked = run_scorer(proxy, model, tokenizer, calibration, candidates, batch_size=batch_size,
+                        max_length=max_length).ranked()
+    order = [c for c, _ in ranked]
+    return order[:proxy_k], order
+
+
+@torch.no_grad()
+def _scan(model, batches, candidates, fast: bool):
+    """(correct, gold log-likelihood sum) for the base model and for each candidate skipped."""
+    base = [0, 0.0]
+    per = {c: [0, 0.0] for c in candidates}
+    for batch in batches:
+        inputs = mc_inputs(model, batch)
+        if fast:
+            calls, normed = capture_calls(model, **inputs)
+            _add(base, mc_outcome(batch, choice_loglik(model, batch, normed)))
+            rows, cols = batch.pred_rows.to(normed.device), batch.pred_cols.to(normed.device)
+            for c in candidates:
+                hidden = hidden_without(model, calls, c)
+                at_targets = final_norm(model, hidden[rows, cols])
+                _add(per[c], mc_outcome(batch, choice_loglik(model, batch, at_targets, at_targets=True)))
+        else:
+            _add(base, mc_outcome(batch, _full_loglik(model, batch, inputs)))
+            for c in candidates:
+                with skipping(model, c):
+                    _add(per[c], mc_outcome(batch, _full_loglik(model, batch, inputs)))
+    return base, per
+
+
+def _full_loglik(model, batch, inputs) -> torch.Tensor:
+    """Choice log-likelihoods from a whole-model forward (LM head on every position)."""
+    logits = model(**inputs, use_cache=False).logits
+    device = logits.device
+    return sum_choice_logprobs(batch, logits[batch.pred_rows.to(device), batch.pred_cols.to(device)])
+
+
+def _add(total: list, outcome: tuple[int, float]) -> None:
+    total[0] += outcome[0]
+    total[1] += outcome[1]
