@@ -183,6 +183,51 @@ def score(
     typer.echo(f"Scores written to {out}")
 
 
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/smoke.yaml.")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4 output_dir=/tmp/run.")]
+
+
+def _recipe_or_exit(recipe: Path, overrides: list[str] | None):
+    from trimllm.config import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe, overrides or [])
+    except RecipeError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Check a recipe (all problems at once) without loading a model."""
+    from trimllm.config import to_yaml
+
+    resolved = _recipe_or_exit(recipe, overrides)
+    typer.echo(to_yaml(resolved))
+    typer.echo(f"{recipe}: OK")
+
+
+@app.command()
+def train(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output_dir.")] = False,
+) -> None:
+    """Progressive layer-dropping fine-tuning: score, drop, train (LoRA) and export, stage by stage."""
+    from trimllm.config import to_yaml
+    from trimllm.pipeline import run
+
+    resolved = _recipe_or_exit(recipe, overrides)
+    typer.echo(to_yaml(resolved))
+    try:
+        plan = run(resolved, overwrite=overwrite)
+    except FileExistsError as err:
+        raise typer.BadParameter(str(err), param_hint="output_dir") from None
+    final = plan["final"]
+    typer.echo(f"final model: {resolved.output_dir}/final (stage {final['stage']}, val acc {final['val_acc']:.4f}); "
+               f"report: {resolved.output_dir}/report.md")
+
+
 class _QuietLmEval(logging.Filter):
     """Drop lm-eval's per-task hint about --metadata, printed for every task with a custom loader."""
 

@@ -68,3 +68,65 @@ def write_scores(results: list[ScoreResult], meta: dict, out_dir: str | Path) ->
     heatmap(results, tmp)
     tmp.replace(out_dir / "scores.png")
     return out_dir
+
+
+def stage_report(stages: list[dict], final: dict, recipe) -> str:
+    """report.md of a training run: one row per stage, and which stage became final/."""
+    lines = [
+        f"# trimllm run: {recipe.model.name} on {recipe.data.task}",
+        "",
+        f"Schedule `{recipe.schedule.name}`, scorer `{recipe.scoring.scorer}` ({recipe.scoring.granularity}), "
+        f"freezing `{recipe.freeze.mode}`, {recipe.lora.method}, {recipe.train.steps_per_stage} steps per stage.",
+        "",
+        "| stage | dropped | blocks kept | params | val acc | scoring s | training s | eval s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in stages:
+        sec = s["seconds"]
+        mark = " **(final)**" if s["stage"] == final["stage"] else ""
+        lines.append(f"| {s['stage']}{mark} | {', '.join(s['dropped']) or '-'} | {s['blocks_kept']} | {s['params']:,} | "
+                     f"{s['val_acc']:.4f} | {sec['scoring']} | {sec['training']} | {sec['evaluation']} |")
+    floor = f" (accuracy floor {final['floor']:.0%} of stage 0's {final['reference_val_acc']:.4f})" if final["floor"] else ""
+    lines += ["", f"final/ = stage {final['stage']}{floor}.", "", "![loss](loss.png) ![accuracy](accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def stage_plots(run_dir: str | Path) -> None:
+    """loss.png (training loss with stage boundaries) and accuracy.png (val acc vs blocks kept) from a run dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r for r in records if "loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset, boundaries, xs, ys = 0, [], [], []
+    for stage in sorted({r["stage"] for r in losses}):
+        points = [r for r in losses if r["stage"] == stage]
+        xs += [offset + r["step"] for r in points]
+        ys += [r["loss"] for r in points]
+        offset += max(r["step"] for r in points)
+        boundaries.append(offset)
+    ax.plot(xs, ys, marker=".")
+    for x in boundaries[:-1]:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("training step (dashed: stage boundary)")
+    ax.set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=100)
+    plt.close(fig)
+
+    plan = json.loads((run_dir / "plan.json").read_text())
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    kept = [s["blocks_kept"] for s in plan["stages"]]
+    ax.plot(kept, [s["val_acc"] for s in plan["stages"]], marker="o")
+    for s in plan["stages"]:
+        ax.annotate(str(s["stage"]), (s["blocks_kept"], s["val_acc"]), textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("blocks kept")
+    ax.set_ylabel("validation accuracy")
+    ax.invert_xaxis()
+    fig.tight_layout()
+    fig.savefig(run_dir / "accuracy.png", dpi=100)
+    plt.close(fig)

@@ -185,6 +185,10 @@ def _bypass(model: nn.Module, blocks: list[int], branch: str) -> Plan:
         else:
             setattr(layers[pos], arch.mlp, SkippedMLP())
     setattr(plan, record, sorted(set(getattr(plan, record)) | set(blocks)))
+    # A block with both branches bypassed is an identity: remove it physically (cheaper, and a standard export).
+    empty = sorted(set(plan.bypassed_attention) & set(plan.bypassed_mlp))
+    if empty and len(empty) < len(plan.kept):
+        drop_blocks(model, empty)
     return plan
 
 

@@ -259,3 +259,13 @@ def test_incremental_decoding_with_bypassed_first_attention(tiny, input_ids):
     for t in range(8, input_ids.shape[1]):
         step = tiny(input_ids=input_ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
         torch.testing.assert_close(step[:, -1], full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_block_with_both_halves_bypassed_is_dropped(input_ids):
+    model = build_tiny("llama")
+    reference = skipping_reference(model, [2])
+    bypass_attention(model, [2])
+    plan = bypass_mlp(model, [2])
+    assert plan.dropped == [2] and plan.bypassed_attention == [] and plan.bypassed_mlp == []
+    assert model.config.num_hidden_layers == 5
+    assert torch.equal(logits(model, input_ids), logits(reference, input_ids))

@@ -1,0 +1,143 @@
+"""The stage loop end to end on a tiny model: every schedule and freezing mode, outputs, determinism, floors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from tests.conftest import ROOT, build_tiny, flat, tiny_tokenizer
+from trimllm.cli import app
+from trimllm.config import load_recipe
+from trimllm.pipeline import run
+
+pytestmark = pytest.mark.integration
+
+TINY_RUN = ["data.n_train=16", "data.n_validation=8", "data.n_calibration=4", "data.max_length=96",
+            "train.steps_per_stage=2", "train.batch_size=4", "train.logging_steps=1", "scoring.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "qwen2"
+    build_tiny("qwen2").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def run_tiny(tiny_dir, out, *overrides):
+    recipe = load_recipe(ROOT / "recipes" / "smoke.yaml",
+                         [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *overrides])
+    return run(recipe)
+
+
+def without_times(plan: dict) -> dict:
+    return {**plan, "stages": [{k: v for k, v in s.items() if k != "seconds"} for s in plan["stages"]]}
+
+
+@pytest.mark.parametrize(
+    "schedule, overrides, expected_removed",
+    [
+        ("progressive", ["scoring.scorer=block_influence", "schedule.per_stage=1", "stop.target_fraction=0.34"], 2),
+        ("trimllm", ["stop.target_fraction=0.25", "scoring.scorer=task_accuracy"], 3),
+        ("oneshot", ["stop.target_fraction=0.5", "scoring.scorer=angular"], 3),
+        ("none", [], 0),
+    ],
+)
+def test_every_schedule_runs_and_writes_its_outputs(tiny_dir, tmp_path, schedule, overrides, expected_removed):
+    out = tmp_path / schedule
+    plan = run_tiny(tiny_dir, out, f"schedule.name={schedule}", *overrides)
+    removed = plan["stages"][-1]["removed"]
+    units = sum(2 if m.startswith("block.") else 1 for m in removed) if schedule == "trimllm" else len(removed)
+    assert units == expected_removed, removed
+    for name in ("resolved.yaml", "plan.json", "metrics.jsonl", "report.md", "loss.png", "accuracy.png", "final/plan.json"):
+        assert (out / name).is_file(), name
+    for stage in plan["stages"]:
+        assert (out / stage["dir"] / "model.safetensors").is_file()
+        assert 0.0 <= stage["val_acc"] <= 1.0 and set(stage["seconds"]) == {"scoring", "training", "evaluation"}
+    if schedule == "oneshot":
+        assert len(plan["stages"]) == 1 and len(plan["stages"][0]["dropped"]) == 3
+    if schedule in ("progressive", "trimllm"):
+        assert plan["stages"][0]["dropped"] == [] and all(len(s["dropped"]) == 1 for s in plan["stages"][1:])
+        assert all(s["scores"] for s in plan["stages"][1:])
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert final.config.num_hidden_layers == plan["stages"][-1]["blocks_kept"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {m["stage"] for m in metrics if "loss" in m} == {s["stage"] for s in plan["stages"]}
+
+
+def test_trimllm_schedule_drops_one_half_per_stage(tiny_dir, tmp_path):
+    plan = run_tiny(tiny_dir, tmp_path / "t", "schedule.name=trimllm", "stop.max_modules=2",
+                    "stop.target_fraction=null", "scoring.scorer=task_accuracy")
+    for stage in plan["stages"][1:]:
+        (dropped,) = stage["dropped"]
+        assert dropped.split(".")[0] in ("attn", "mlp")
+        assert all(c.split(".")[0] in ("attn", "mlp") for c in stage["scores"])
+        attn = min(v for c, v in stage["scores"].items() if c.startswith("attn."))
+        mlp = min(v for c, v in stage["scores"].items() if c.startswith("mlp."))
+        assert dropped.startswith("attn.") == (attn < mlp)
+
+
+@pytest.mark.parametrize("mode", ["static", "progtuning", "contribution"])
+def test_freezing_modes(tiny_dir, tmp_path, mode):
+    plan = run_tiny(tiny_dir, tmp_path / mode, f"freeze.mode={mode}", "freeze.fraction=0.5",
+                    "schedule.per_stage=1", "stop.target_fraction=0.34")
+    frozen = [s["frozen"] for s in plan["stages"]]
+    assert all(f for f in frozen[1:])
+    if mode == "static":
+        assert all(set(f) <= set(frozen[0]) for f in frozen)  # fixed at stage 0 (minus dropped blocks)
+    if mode == "progtuning":
+        assert frozen[0] == ["block.0", "block.1"]  # bottom-up: round(0.5 * 6 * 1/2) = 2 at stage 0
+        for stage in plan["stages"]:
+            kept = [i for i in range(6) if f"block.{i}" not in stage["removed"]]
+            assert stage["frozen"] == [f"block.{i}" for i in kept[: len(stage["frozen"])]]
+    if mode == "contribution":
+        assert all(len(f) == round(0.5 * s["blocks_kept"]) for f, s in zip(frozen, plan["stages"], strict=True))
+
+
+def test_frozen_blocks_are_not_trained(tiny_dir, tmp_path):
+    plan = run_tiny(tiny_dir, tmp_path / "full", "freeze.mode=static", "freeze.fraction=0.5", "lora.method=full",
+                    "schedule.name=none")
+    frozen = {int(b.split(".")[1]) for b in plan["stages"][0]["frozen"]}
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final")
+    for i in range(6):
+        same = all(torch.equal(a, b) for a, b in zip(base.model.layers[i].parameters(),
+                                                      trained.model.layers[i].parameters(), strict=True))
+        assert same == (i in frozen), i
+
+
+def test_same_seed_same_plan(tiny_dir, tmp_path):
+    first = run_tiny(tiny_dir, tmp_path / "a", "schedule.per_stage=1", "stop.target_fraction=0.34")
+    second = run_tiny(tiny_dir, tmp_path / "b", "schedule.per_stage=1", "stop.target_fraction=0.34")
+    strip = lambda p: {**without_times(p), "recipe": None}  # noqa: E731  (output_dir differs)
+    assert strip(first) == strip(second)
+
+
+def test_accuracy_floor_chooses_the_smallest_model_that_meets_it(tiny_dir, tmp_path):
+    plan = run_tiny(tiny_dir, tmp_path / "floor", "stop.target_fraction=0.5", "stop.accuracy_floor=0.5",
+                    "schedule.per_stage=1")
+    reference = plan["stages"][0]["val_acc"]
+    eligible = [s for s in plan["stages"] if s["val_acc"] >= 0.5 * reference]
+    assert plan["final"]["stage"] == min(eligible, key=lambda s: (s["params"], -s["val_acc"]))["stage"]
+    assert plan["final"]["reference_val_acc"] == reference
+
+
+def test_cli_validate_reports_every_problem_at_once():
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "recipes" / "smoke.yaml"), "train.lrr=1",
+                                      "stop.target_fraction=2", "data.task=medqa_usmle", "scoring.scorer=taylr"])
+    assert result.exit_code == 2
+    text = flat(result.output)
+    assert "4 problem(s)" in text and "Did you mean 'lr'" in text and "Did you mean 'taylor'" in text
+    assert "must be in (0, 1)" in text and "has no train side" in text
+
+
+def test_cli_train_refuses_a_used_output_dir(tiny_dir, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("")
+    result = CliRunner().invoke(app, ["train", str(ROOT / "recipes" / "smoke.yaml"), f"output_dir={tmp_path / 'used'}",
+                                      f"model.name={tiny_dir}", *TINY_RUN])
+    assert result.exit_code == 2 and "not empty" in flat(result.output)

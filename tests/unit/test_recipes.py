@@ -1,0 +1,42 @@
+"""Every shipped recipe validates; overrides and typed config behave as documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ROOT
+from trimllm.config import Recipe, RecipeError, load_recipe
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe) and recipe.output_dir
+
+
+def test_required_recipes_are_shipped():
+    assert {"smoke", "science", "finance", "medical", "legal"} <= {p.stem for p in RECIPES}
+
+
+def test_overrides_take_precedence_and_are_typed():
+    recipe = load_recipe(ROOT / "recipes" / "smoke.yaml", ["train.lr=1e-4", "output_dir=/some/where",
+                                                           "eval.tasks=[sciq, general]", "stop.accuracy_floor=0.9"])
+    assert recipe.train.lr == 1e-4 and recipe.output_dir == "/some/where"
+    assert recipe.eval.tasks == ["sciq", "general"] and recipe.stop.accuracy_floor == 0.9
+
+
+def test_type_errors_and_bad_overrides_are_all_reported():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ["train.steps_per_stage=many", "nonsense", "data.n_validation=99999"])
+    problems = err.value.problems
+    assert len(problems) == 3
+    assert any("steps_per_stage = 'many' should be int" in p for p in problems)
+    assert any("not key=value" in p for p in problems)
+    assert any("exceeds" in p and "train-side records" in p for p in problems)
+
+
+def test_missing_recipe_file():
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(ROOT / "recipes" / "nope.yaml")

@@ -1,0 +1,260 @@
+"""The recipe: typed config that mirrors the YAML files in ``recipes/``.
+
+Precedence: ``key=value`` overrides on the command line > the YAML file > the defaults below. :func:`validate`
+reports every problem at once (unknown keys with "did you mean", wrong types, impossible ratios, data that would
+put test items into training or calibration, missing data files) before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from trimllm.registry import did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"  # packaged name, local dir, .gguf file or hub id (see load_model)
+    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on GPU
+
+
+@dataclass
+class DataConfig:
+    task: str = "sciq"  # data set in trimllm.data.DATASETS; its train side feeds training, validation, calibration
+    n_train: int | None = 1000  # training examples per run (None = all the rest of the train side)
+    n_validation: int = 200  # validation examples (train side), for the accuracy floor and the stage table
+    n_calibration: int = 64  # calibration examples (train side, disjoint from validation and training)
+    max_length: int = 512  # tokens per example; contexts are cut on the left
+    seed: int = 0  # seed of the train-side draw
+
+
+@dataclass
+class ScoringConfig:
+    scorer: str = "block_influence"  # any registered scorer (see `trimllm score --help`)
+    granularity: str = "block"  # block or sublayer (attention / MLP halves)
+    proxy_k: int | None = None  # task_accuracy: scan exactly only the k lowest by block_influence
+    angular_n: int = 1  # run length of the angular scorer
+    batch_size: int = 8
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "progressive"  # progressive, trimllm, oneshot or none
+    per_stage: int = 1  # modules dropped per stage (progressive)
+
+
+@dataclass
+class StopConfig:
+    target_fraction: float | None = 0.25  # stop once this fraction of blocks (or of halves) is removed
+    target_params_fraction: float | None = None  # ... or once this fraction of parameters is removed
+    max_modules: int | None = None  # ... or after this many modules in total
+    accuracy_floor: float | None = None  # keep stages whose val acc >= floor x stage-0 acc; stop below it
+
+
+@dataclass
+class FreezeConfig:
+    mode: str = "none"  # none, static (TrimLLM), progtuning, contribution
+    fraction: float = 0.0  # share of the remaining blocks to freeze
+
+
+@dataclass
+class LoraConfig:
+    method: str = "lora"  # lora (peft, merged after each stage) or full (full fine-tuning)
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    lr_scheduler: str = "cosine"  # decayed fully within each stage
+    warmup_ratio: float = 0.05
+    batch_size: int = 8
+    grad_accum: int = 1
+    steps_per_stage: int = 100
+    weight_decay: float = 0.0
+    logging_steps: int = 5
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks / groups run on the final model ([] = none)
+    limit: int | None = None
+    batch_size: int = 8
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/trimllm"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class RecipeError(ValueError):
+    """A recipe with problems; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str], source: str = "recipe"):
+        self.problems = problems
+        super().__init__(f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply ``key=value`` overrides, validate; raise :class:`RecipeError` listing all problems."""
+    raw: dict = {}
+    source = "recipe"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise RecipeError([f"recipe file {path} not found"], source)
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            problems.append(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+            continue
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    recipe = _build(Recipe, raw, "", problems)
+    problems += semantic_problems(recipe)
+    if problems:
+        raise RecipeError(problems, source)
+    return recipe
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else node
+    node[parts[-1]] = value
+
+
+def _build(cls, raw, prefix: str, problems: list[str]):
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            problems.append(f"unknown key {prefix}{key}.{did_you_mean(key, names)} Known: {', '.join(sorted(names))}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
+        elif _type_ok(value, hint):
+            kwargs[key] = float(value) if hint in (float, float | None) and isinstance(value, int) else value
+        elif isinstance(value, str) and _type_ok(_number(value), hint):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; accept it where a number is expected.
+            kwargs[key] = _number(value)
+        else:
+            problems.append(f"{prefix}{key} = {value!r} should be {_type_name(hint)}")
+    return cls(**kwargs)
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _type_ok(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def semantic_problems(recipe: Recipe) -> list[str]:
+    """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
+    from trimllm.data import DataNotFoundError, get_spec, load_side
+    from trimllm.prompts import supported
+    from trimllm.schedules import SCHEDULES
+    from trimllm.scoring import SCORERS
+    from trimllm.scoring.candidates import GRANULARITIES
+
+    problems = []
+    checks = [
+        (recipe.scoring.scorer in SCORERS, f"scoring.scorer {recipe.scoring.scorer!r} unknown.{did_you_mean(recipe.scoring.scorer, SCORERS.names())} Available: {', '.join(SCORERS.names())}"),
+        (recipe.schedule.name in SCHEDULES, f"schedule.name {recipe.schedule.name!r} unknown.{did_you_mean(recipe.schedule.name, SCHEDULES.names())} Available: {', '.join(SCHEDULES.names())}"),
+        (recipe.scoring.granularity in GRANULARITIES, f"scoring.granularity must be one of {GRANULARITIES}"),
+        (recipe.freeze.mode in ("none", "static", "progtuning", "contribution"), f"freeze.mode {recipe.freeze.mode!r} must be none, static, progtuning or contribution"),
+        (recipe.lora.method in ("lora", "full"), f"lora.method {recipe.lora.method!r} must be lora or full"),
+        (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
+        (recipe.schedule.per_stage >= 1, "schedule.per_stage must be >= 1"),
+        (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
+        (recipe.train.lr > 0, "train.lr must be > 0"),
+        (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
+    ]
+    for name in ("target_fraction", "target_params_fraction"):
+        value = getattr(recipe.stop, name)
+        checks.append((value is None or 0 < value < 1, f"stop.{name} = {value} must be in (0, 1): a share of the model to remove"))
+    floor = recipe.stop.accuracy_floor
+    checks.append((floor is None or 0 < floor <= 1, f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"))
+    if recipe.schedule.name not in ("none", "oneshot"):
+        stops = (recipe.stop.target_fraction, recipe.stop.target_params_fraction, recipe.stop.max_modules, floor)
+        checks.append((any(s is not None for s in stops), "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"))
+    if recipe.schedule.name == "oneshot":
+        checks.append((recipe.stop.target_fraction is not None, "schedule oneshot needs stop.target_fraction"))
+    problems += [message for ok, message in checks if not ok]
+    try:
+        get_spec(recipe.data.task)
+    except ValueError as err:
+        return problems + [f"data.task: {err}"]
+    if recipe.data.task not in supported():
+        problems.append(f"data.task {recipe.data.task!r} has no prompt format; use one of {', '.join(supported())}")
+        return problems
+    try:
+        train_side = len(load_side(recipe.data.task, "train"))
+    except DataNotFoundError as err:
+        return problems + [f"data.task: {err}"]
+    if train_side == 0:
+        problems.append(
+            f"data.task {recipe.data.task!r} has no train side (it is evaluation only): training, validation and "
+            "calibration would have to use its test items"
+        )
+    else:
+        needed = recipe.data.n_validation + recipe.data.n_calibration + (recipe.data.n_train or 1)
+        if needed > train_side:
+            problems.append(
+                f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
+                f"records of {recipe.data.task}; lower them (test items are never used)"
+            )
+    return problems
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

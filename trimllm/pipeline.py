@@ -1,0 +1,249 @@
+"""The trimllm recipe, top to bottom: load -> data -> for each stage (decide, drop, freeze, train, validate,
+export) -> choose the final model -> report.
+
+Stage 0 fine-tunes the full-depth model (for ``oneshot`` it first removes everything up to the target); its
+validation accuracy is the reference of the accuracy floor. Each later stage removes what the schedule chooses,
+trains a fresh LoRA (merged at the end of the stage), validates and exports a standard checkpoint, so a run yields
+a family of models along the accuracy / size curve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trimllm.config import Recipe, to_yaml
+from trimllm.data import train_side_splits
+from trimllm.export import atomic_directory, save_compressed, write_text_atomic
+from trimllm.modeling import load_model
+from trimllm.plan import count_parameters
+from trimllm.prompts import mc_item
+from trimllm.schedules import SCHEDULES, StageContext
+from trimllm.scoring import CalibrationSet, run_scorer
+from trimllm.scoring.candidates import parse
+from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks, freeze_blocks, get_plan
+from trimllm.train import mc_accuracy, sft_examples, train_stage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """Everything the stage loop carries from one stage to the next."""
+
+    recipe: Recipe
+    out: Path
+    model: object
+    tokenizer: object
+    calibration: CalibrationSet
+    validation: list
+    train_examples: list
+    stages: list[dict] = field(default_factory=list)
+
+
+def run(recipe: Recipe, overwrite: bool = False) -> dict:
+    """Run a recipe; returns the run plan (also written to ``output_dir/plan.json``)."""
+    state = setup(recipe, overwrite)
+    schedule = SCHEDULES.get(recipe.schedule.name)
+    stage = 0
+    while True:
+        started = time.perf_counter()
+        decision = schedule(_context(state, stage))
+        scoring_s = time.perf_counter() - started
+        if stage > 0 and not decision.drop:
+            break
+        record = run_stage(state, stage, decision, scoring_s)
+        state.stages.append(record)
+        logger.info(_summary(record))
+        if decision.last or _target_reached(state) or _below_floor(state):
+            break
+        stage += 1
+    final = choose_final(state)
+    finish(state, final)
+    return _run_plan(state, final)
+
+
+def setup(recipe: Recipe, overwrite: bool) -> RunState:
+    out = Path(recipe.output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output_dir {out} is not empty; set output_dir=... or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "resolved.yaml", to_yaml(recipe))
+    model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype)
+    data = recipe.data
+    splits = train_side_splits(data.task, data.n_validation, data.n_calibration, data.seed, data.n_train)
+    items = {name: [mc_item(data.task, r) for r in records] for name, records in splits.items()}
+    calibration = CalibrationSet(data.task, items["calibration"], data.seed)
+    examples = sft_examples(tokenizer, items["train"], data.max_length)
+    return RunState(recipe, out, model, tokenizer, calibration, items["validation"], examples)
+
+
+def run_stage(state: RunState, stage: int, decision, scoring_s: float) -> dict:
+    """Drop -> freeze -> train -> validate -> export one stage; return its record for plan.json."""
+    recipe, plan = state.recipe, get_plan(state.model)
+    for candidate in decision.drop:
+        _remove(state.model, candidate)
+    started = time.perf_counter()
+    frozen = choose_frozen(state, stage)
+    scoring_s += time.perf_counter() - started
+    if recipe.freeze.mode in ("progtuning", "contribution"):
+        plan.frozen = []  # these modes choose the frozen set anew at every stage
+    if frozen:
+        freeze_blocks(state.model, frozen)
+    started = time.perf_counter()
+    state.model = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
+                              state.out / ".trainer" / f"stage_{stage:02d}", stage, state.out / "metrics.jsonl")
+    training_s = time.perf_counter() - started
+    started = time.perf_counter()
+    val_acc = mc_accuracy(state.model, state.tokenizer, state.validation, recipe.scoring.batch_size, recipe.data.max_length)
+    evaluation_s = time.perf_counter() - started
+    record = {
+        "stage": stage,
+        "scorer": decision.scores.scorer if decision.scores else None,
+        "scores": decision.scores.scores if decision.scores else {},
+        "dropped": list(decision.drop),
+        "removed": plan.modules()["dropped"],
+        "frozen": [f"block.{i}" for i in plan.frozen],
+        "blocks_kept": len(plan.kept),
+        "params": count_parameters(state.model),
+        "val_acc": val_acc,
+        "seconds": {"scoring": round(scoring_s, 2), "training": round(training_s, 2), "evaluation": round(evaluation_s, 2)},
+        "dir": f"stage_{stage:02d}",
+    }
+    card = f"## trimllm run\n\nStage {stage} of `{state.out}`: validation accuracy {val_acc:.4f} on {recipe.data.task}."
+    save_compressed(state.model, state.tokenizer, state.out / record["dir"], overwrite=True, extra_card=card)
+    _write_run_plan(state, None)
+    return record
+
+
+def choose_frozen(state: RunState, stage: int) -> list[int]:
+    """Blocks to freeze this stage (original indices), by the recipe's freezing mode.
+
+    static (TrimLLM): at stage 0, the fraction r of blocks whose removal hurts least, frozen for the whole run;
+    progtuning (Progtuning): bottom-up, a growing share of r: round(r * kept * (s + 1) / (s + 2)) blocks at stage s;
+    contribution: at every stage, the fraction r of remaining blocks with the lowest contribution.
+    """
+    cfg, plan = state.recipe.freeze, get_plan(state.model)
+    count = int(round(cfg.fraction * len(plan.kept)))
+    if cfg.mode == "none" or count == 0:
+        return []
+    if cfg.mode == "progtuning":
+        return plan.kept[: int(round(cfg.fraction * len(plan.kept) * (stage + 1) / (stage + 2)))]
+    if cfg.mode == "static" and stage > 0:
+        return []  # frozen once at stage 0 and kept in the plan
+    ranked = _score(state, "block").ranked()
+    return sorted(parse(c)[1] for c, _ in ranked[:count])
+
+
+def choose_final(state: RunState) -> dict:
+    """The smallest model whose validation accuracy meets the floor (or the last stage when there is no floor)."""
+    floor = state.recipe.stop.accuracy_floor
+    reference = state.stages[0]["val_acc"]
+    eligible = [s for s in state.stages if floor is None or s["val_acc"] >= floor * reference]
+    if not eligible:
+        eligible = [state.stages[0]]
+    if floor is None:
+        best = eligible[-1]
+    else:
+        best = min(eligible, key=lambda s: (s["params"], -s["val_acc"]))
+    return {"stage": best["stage"], "dir": "final", "from": best["dir"], "val_acc": best["val_acc"],
+            "floor": floor, "reference_val_acc": reference}
+
+
+def finish(state: RunState, final: dict) -> None:
+    """Copy the chosen stage to final/, write plan.json, report.md and the plots."""
+    from trimllm.report import stage_plots, stage_report
+
+    source = state.out / final["from"]
+    atomic_directory(state.out / "final", lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+    shutil.rmtree(state.out / ".trainer", ignore_errors=True)
+    _write_run_plan(state, final)
+    write_text_atomic(state.out / "report.md", stage_report(state.stages, final, state.recipe))
+    stage_plots(state.out)
+    if state.recipe.eval.tasks:
+        from trimllm.evaluation import evaluate, write_results
+
+        final_model, tokenizer = load_model(state.out / "final", dtype=state.recipe.model.dtype)
+        results = evaluate(final_model, tokenizer, state.recipe.eval.tasks, limit=state.recipe.eval.limit,
+                           batch_size=state.recipe.eval.batch_size)
+        write_results(results, state.out / "final_eval", final_model)
+
+
+def _context(state: RunState, stage: int) -> StageContext:
+    return StageContext(stage, state.model, state.tokenizer, state.calibration, state.recipe,
+                        _budget(state), lambda granularity, scorer=None: _score(state, granularity, scorer))
+
+
+def _score(state: RunState, granularity: str, scorer: str | None = None):
+    cfg = state.recipe.scoring
+    options = {"batch_size": cfg.batch_size, "max_length": state.recipe.data.max_length, "n": cfg.angular_n,
+               "seed": state.recipe.train.seed}
+    if cfg.proxy_k:
+        options.update(proxy="block_influence", proxy_k=cfg.proxy_k)
+    return run_scorer(scorer or cfg.scorer, state.model, state.tokenizer, state.calibration,
+                      granularity=granularity, **options)
+
+
+def _remove(model, candidate: str) -> None:
+    kind, index = parse(candidate)
+    {"block": drop_blocks, "attn": bypass_attention, "mlp": bypass_mlp}[kind](model, [index])
+
+
+def _units(plan, granularity: str) -> tuple[int, int]:
+    """(removed, total) in the granularity's units: blocks, or halves (a dropped block counts as two)."""
+    if granularity == "block":
+        return len(plan.dropped), plan.num_layers
+    return 2 * len(plan.dropped) + len(plan.bypassed_attention) + len(plan.bypassed_mlp), 2 * plan.num_layers
+
+
+def _budget(state: RunState) -> int:
+    """How many more modules the stop rules allow (target fraction and module budget; params checked after)."""
+    stop, plan = state.recipe.stop, get_plan(state.model)
+    granularity = "sublayer" if state.recipe.schedule.name == "trimllm" else state.recipe.scoring.granularity
+    removed, total = _units(plan, granularity)
+    limits = []
+    if stop.target_fraction is not None:
+        limits.append(int(round(stop.target_fraction * total)) - removed)
+    if stop.max_modules is not None:
+        limits.append(stop.max_modules - len(plan.modules()["dropped"]))
+    if stop.target_params_fraction is not None and not limits:
+        limits.append(total - removed - 1)
+    if not limits:
+        limits.append(total - removed - 1)  # an accuracy floor alone: go on until it is crossed
+    return max(0, min(min(limits), len(plan.kept) * (1 if granularity == "block" else 2) - 1))
+
+
+def _target_reached(state: RunState) -> bool:
+    stop, plan = state.recipe.stop, get_plan(state.model)
+    if stop.target_params_fraction is not None:
+        if count_parameters(state.model) <= (1 - stop.target_params_fraction) * plan.params_original:
+            return True
+    return _budget(state) == 0
+
+
+def _below_floor(state: RunState) -> bool:
+    floor = state.recipe.stop.accuracy_floor
+    return floor is not None and len(state.stages) > 1 and state.stages[-1]["val_acc"] < floor * state.stages[0]["val_acc"]
+
+
+def _run_plan(state: RunState, final: dict | None) -> dict:
+    return {"recipe": state.recipe.to_dict(), "base_model": get_plan(state.model).base_model,
+            "num_layers": get_plan(state.model).num_layers, "params_original": get_plan(state.model).params_original,
+            "stages": state.stages, "final": final}
+
+
+def _write_run_plan(state: RunState, final: dict | None) -> None:
+    write_text_atomic(state.out / "plan.json", json.dumps(_run_plan(state, final), indent=2) + "\n")
+
+
+def _summary(record: dict) -> str:
+    seconds = record["seconds"]
+    return (f"stage {record['stage']}: dropped {', '.join(record['dropped']) or '-'} | {record['blocks_kept']} blocks, "
+            f"{record['params']:,} params | val acc {record['val_acc']:.4f} | scoring {seconds['scoring']:.0f}s, "
+            f"training {seconds['training']:.0f}s, eval {seconds['evaluation']:.0f}s")

@@ -1,0 +1,43 @@
+"""Schedules: which modules to drop at each stage. One file each, registered by name.
+
+A schedule is a function ``(ctx: StageContext) -> Decision``. Stage 0 is the full-depth fine-tuning stage for the
+progressive schedules (its validation accuracy is the reference for the accuracy floor); ``oneshot`` removes
+everything there instead, and ``none`` never removes anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from trimllm.registry import Registry
+
+SCHEDULES: Registry = Registry("schedule")
+
+
+@dataclass
+class StageContext:
+    """What a schedule may look at when deciding a stage."""
+
+    stage: int
+    model: nn.Module
+    tokenizer: object
+    calibration: object  # CalibrationSet
+    recipe: object  # Recipe
+    budget: int  # modules that may still be removed before the target is reached (granularity units)
+    score: object  # callable(granularity, scorer=None) -> ScoreResult, bound to the recipe's scoring options
+
+
+@dataclass
+class Decision:
+    drop: list[str] = field(default_factory=list)  # candidates to remove now (block.i / attn.i / mlp.i)
+    scores: object = None  # the ScoreResult behind the decision, if any
+    last: bool = False  # no further stages
+
+
+for _name in ("progressive", "trimllm_paper", "oneshot", "none"):
+    importlib.import_module(f"trimllm.schedules.{_name}")
+
+__all__ = ["SCHEDULES", "Decision", "StageContext"]

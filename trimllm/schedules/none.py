@@ -1,0 +1,10 @@
+"""No dropping: full-depth LoRA (or full) fine-tuning, the reference every compressed model is compared with."""
+
+from __future__ import annotations
+
+from trimllm.schedules import SCHEDULES, Decision, StageContext
+
+
+@SCHEDULES.register("none")
+def none(ctx: StageContext) -> Decision:
+    return Decision(last=True)
