@@ -105,3 +105,10 @@ def flat(text: str) -> str:
     for char in "│╭╮╰╯─":
         text = text.replace(char, " ")
     return " ".join(text.split())
+
+
+def save_tiny(model_type: str, path):
+    """Save the tiny model of ``model_type`` with the tiny tokenizer as a checkpoint directory; returns ``path``."""
+    build_tiny(model_type).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

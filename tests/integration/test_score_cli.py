@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import build_tiny, flat, tiny_tokenizer
+from tests.conftest import flat, save_tiny
 from trimllm.cli import app
 from trimllm.data import load_side
 
@@ -16,10 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    model = build_tiny("llama")
-    model.save_pretrained(tmp_path / "m")
-    tiny_tokenizer().save_pretrained(tmp_path / "m")
-    return tmp_path / "m"
+    return save_tiny("llama", tmp_path / "m")
 
 
 def test_score_writes_json_table_and_heatmap(checkpoint, tmp_path):

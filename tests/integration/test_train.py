@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from tests.conftest import ROOT, build_tiny, flat, tiny_tokenizer
+from tests.conftest import ROOT, flat, save_tiny
 from trimllm.cli import app
 from trimllm.config import load_recipe
 from trimllm.pipeline import run
@@ -22,10 +22,7 @@ TINY_RUN = ["data.n_train=16", "data.n_validation=8", "data.n_calibration=4", "d
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "qwen2"
-    build_tiny("qwen2").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
 def run_tiny(tiny_dir, out, *overrides):

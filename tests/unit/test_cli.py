@@ -8,17 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import build_tiny, flat, tiny_tokenizer
+from tests.conftest import flat, save_tiny
 from trimllm.cli import app
 from trimllm.modeling import load_model
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    model = build_tiny("gemma3_text")
-    model.save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    return tmp_path / "base"
+    return save_tiny("gemma3_text", tmp_path / "base")
 
 
 def test_info_lists_family_blocks_and_layer_types(checkpoint):
