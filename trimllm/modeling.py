@@ -58,10 +58,14 @@ class ModelLoadError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """trimllm's cache: ``$TRIMLLM_CACHE``, else the platform's user cache directory."""
+    """trimllm's cache: ``$TRIMLLM_CACHE``; else ``.cache/trimllm`` in the checkout trimllm runs from (what
+    ``make`` uses too); else, for an installed package, the platform's user cache directory."""
     env = os.environ.get("TRIMLLM_CACHE")
     if env:
         return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "recipes").is_dir():
+        return checkout / ".cache" / "trimllm"
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("trimllm"))
