@@ -203,7 +203,8 @@ def _units(plan, granularity: str) -> tuple[int, int]:
 
 
 def _budget(state: RunState) -> int:
-    """How many more modules the stop rules allow (target fraction and module budget; params checked after)."""
+    """How many more modules the stop rules allow (target fraction and module budget; the parameter target and
+    the accuracy floor are checked after each stage)."""
     stop, plan = state.recipe.stop, get_plan(state.model)
     granularity = "sublayer" if state.recipe.schedule.name == "trimllm" else state.recipe.scoring.granularity
     removed, total = _units(plan, granularity)
@@ -212,10 +213,8 @@ def _budget(state: RunState) -> int:
         limits.append(int(round(stop.target_fraction * total)) - removed)
     if stop.max_modules is not None:
         limits.append(stop.max_modules - len(plan.modules()["dropped"]))
-    if stop.target_params_fraction is not None and not limits:
+    if not limits:  # only a parameter target or an accuracy floor: go on until it is reached or crossed
         limits.append(total - removed - 1)
-    if not limits:
-        limits.append(total - removed - 1)  # an accuracy floor alone: go on until it is crossed
     return max(0, min(min(limits), len(plan.kept) * (1 if granularity == "block" else 2) - 1))
 
 

@@ -138,3 +138,10 @@ def test_cli_train_refuses_a_used_output_dir(tiny_dir, tmp_path):
     result = CliRunner().invoke(app, ["train", str(ROOT / "recipes" / "smoke.yaml"), f"output_dir={tmp_path / 'used'}",
                                       f"model.name={tiny_dir}", *TINY_RUN])
     assert result.exit_code == 2 and "not empty" in flat(result.output)
+
+
+def test_parameter_target_stops_the_loop(tiny_dir, tmp_path):
+    plan = run_tiny(tiny_dir, tmp_path / "params", "stop.target_fraction=null", "stop.target_params_fraction=0.2",
+                    "schedule.per_stage=1")
+    original = plan["params_original"]
+    assert plan["stages"][-1]["params"] <= 0.8 * original < plan["stages"][-2]["params"]
