@@ -28,7 +28,7 @@ import transformers
 
 from trimllm.modeling import load_model
 from trimllm.scoring import CalibrationSet, run_scorer
-from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks
+from trimllm.scoring.candidates import remove_candidate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,11 +37,6 @@ def scan(model, tokenizer, calibration, granularity: str, **options):
     start = time.perf_counter()
     result = run_scorer("task_accuracy", model, tokenizer, calibration, granularity=granularity, **options)
     return result, time.perf_counter() - start
-
-
-def drop(model, candidate: str) -> None:
-    kind, index = candidate.split(".")
-    {"block": drop_blocks, "attn": bypass_attention, "mlp": bypass_mlp}[kind](model, [int(index)])
 
 
 def main() -> None:
@@ -89,7 +84,7 @@ def main() -> None:
         print(steps[-1], flush=True)
         full_seconds.append(full_s)
         proxy_seconds.append(proxy_s)
-        drop(work, full.least_important())
+        remove_candidate(work, full.least_important())
     same = sum(s["full_choice"] == s["proxy_choice"] for s in steps)
     figures.update(
         naive_s=block["naive_s"], fast_s=block["fast_s"], speedup=block["speedup"], same_choice=block["same_choice"],

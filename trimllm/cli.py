@@ -144,11 +144,10 @@ def score(
     names = [s for s in scorer.split(",") if s]
     problems = []
     for name in names:
-        if name not in SCORERS:
-            try:
-                SCORERS.get(name)
-            except ValueError as err:
-                problems.append(str(err))
+        try:
+            SCORERS.get(name)
+        except ValueError as err:
+            problems.append(str(err))
     if granularity not in GRANULARITIES:
         problems.append(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     try:

@@ -24,8 +24,8 @@ from trimllm.plan import count_parameters
 from trimllm.prompts import mc_item
 from trimllm.schedules import SCHEDULES, StageContext
 from trimllm.scoring import CalibrationSet, run_scorer
-from trimllm.scoring.candidates import parse
-from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks, freeze_blocks, get_plan
+from trimllm.scoring.candidates import parse, remove_candidate
+from trimllm.surgery import freeze_blocks, get_plan
 from trimllm.train import mc_accuracy, sft_examples, train_stage
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def run_stage(state: RunState, stage: int, decision, scoring_s: float) -> dict:
     """Drop -> freeze -> train -> validate -> export one stage; return its record for plan.json."""
     recipe, plan = state.recipe, get_plan(state.model)
     for candidate in decision.drop:
-        _remove(state.model, candidate)
+        remove_candidate(state.model, candidate)
     started = time.perf_counter()
     frozen = choose_frozen(state, stage)
     scoring_s += time.perf_counter() - started
@@ -190,11 +190,6 @@ def _score(state: RunState, granularity: str, scorer: str | None = None):
                       granularity=granularity, **options)
 
 
-def _remove(model, candidate: str) -> None:
-    kind, index = parse(candidate)
-    {"block": drop_blocks, "attn": bypass_attention, "mlp": bypass_mlp}[kind](model, [index])
-
-
 def _units(plan, granularity: str) -> tuple[int, int]:
     """(removed, total) in the granularity's units: blocks, or halves (a dropped block counts as two)."""
     if granularity == "block":
@@ -232,9 +227,9 @@ def _below_floor(state: RunState) -> bool:
 
 
 def _run_plan(state: RunState, final: dict | None) -> dict:
-    return {"recipe": state.recipe.to_dict(), "base_model": get_plan(state.model).base_model,
-            "num_layers": get_plan(state.model).num_layers, "params_original": get_plan(state.model).params_original,
-            "stages": state.stages, "final": final}
+    plan = get_plan(state.model)
+    return {"recipe": state.recipe.to_dict(), "base_model": plan.base_model, "num_layers": plan.num_layers,
+            "params_original": plan.params_original, "stages": state.stages, "final": final}
 
 
 def _write_run_plan(state: RunState, final: dict | None) -> None:

@@ -20,7 +20,7 @@ from trimllm.architectures import get_layers
 from trimllm.config import Recipe
 from trimllm.prompts import MCItem
 from trimllm.scoring.calibration import build_mc_batches, encode_item
-from trimllm.scoring.forward import capture_calls, choice_loglik, mc_inputs, mc_outcome
+from trimllm.scoring.forward import choice_loglik, decoder, mc_inputs, mc_outcome
 from trimllm.surgery import freeze_blocks, get_plan
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def mc_accuracy(model: nn.Module, tokenizer, items: list[MCItem], batch_size: in
     model.eval()
     correct = 0
     for batch in build_mc_batches(tokenizer, items, batch_size, pack=True, max_length=max_length):
-        _, normed = capture_calls(model, **mc_inputs(model, batch))
+        normed = decoder(model)(**mc_inputs(model, batch), use_cache=False).last_hidden_state
         correct += mc_outcome(batch, choice_loglik(model, batch, normed))[0]
     return correct / len(items)
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from trimllm.scoring import SCORERS
 from trimllm.scoring.calibration import build_lm_batches
 from trimllm.scoring.candidates import skipping
-from trimllm.scoring.forward import capture_calls, hidden_without, lm_loss_from_hidden
+from trimllm.scoring.forward import capture_calls, hidden_without, lm_loss_from_hidden, shifted_targets
 
 
 @SCORERS.register("calibration_loss")
@@ -27,7 +27,7 @@ def calibration_loss(model, tokenizer, calibration, candidates, batch_size: int 
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
         if fast:
             calls, normed = capture_calls(model, **inputs)
-            base_sum, n = _loss_from_normed(model, normed, batch["labels"])
+            base_sum, n = lm_loss_from_hidden(model, normed, batch["labels"], normed=True)
             for c in candidates:
                 totals[c] += lm_loss_from_hidden(model, hidden_without(model, calls, c), batch["labels"])[0]
         else:
@@ -41,17 +41,7 @@ def calibration_loss(model, tokenizer, calibration, candidates, batch_size: int 
     return {c: totals[c] / tokens - base_loss for c in candidates}, {"base_loss": base_loss, "fast": fast}
 
 
-def _loss_from_normed(model, normed, labels):
-    from trimllm.scoring.forward import lm_logits
-
-    targets = labels[:, 1:].to(normed.device)
-    keep = targets != -100
-    logits = lm_logits(model, normed[:, :-1][keep])
-    return float(F.cross_entropy(logits, targets[keep], reduction="sum")), int(keep.sum())
-
-
 def _full_loss(model, inputs, labels):
-    logits = model(**inputs, use_cache=False).logits.float()
-    targets = labels[:, 1:].to(logits.device)
-    keep = targets != -100
-    return float(F.cross_entropy(logits[:, :-1][keep], targets[keep], reduction="sum")), int(keep.sum())
+    """The naive path: a whole-model forward, LM head on every position."""
+    logits, targets = shifted_targets(model(**inputs, use_cache=False).logits.float(), labels)
+    return float(F.cross_entropy(logits, targets, reduction="sum")), int(targets.numel())

@@ -38,6 +38,14 @@ def list_candidates(model: nn.Module, granularity: str = "block") -> list[str]:
     return names
 
 
+def remove_candidate(model: nn.Module, candidate: str):
+    """Apply the surgery a candidate names: drop the block, or bypass its attention or MLP half."""
+    from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks
+
+    kind, index = parse(candidate)
+    return {"block": drop_blocks, "attn": bypass_attention, "mlp": bypass_mlp}[kind](model, [index])
+
+
 class PassThrough(nn.Module):
     """A block that returns its input unchanged (a skipped block, for scoring)."""
 

@@ -141,14 +141,21 @@ def mc_outcome(batch: MCBatch, loglik: torch.Tensor) -> tuple[int, float]:
     return correct, gold_ll
 
 
-def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
-    """Summed next-token cross-entropy and token count, from pre-norm final hidden states (LM head in chunks)."""
-    targets = labels[:, 1:].to(hidden.device)
-    keep = targets != -100
-    selected = hidden[:, :-1][keep]
-    wanted = targets[keep]
+def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, normed: bool = False,
+                        chunk: int = 1024) -> tuple[float, int]:
+    """Summed next-token cross-entropy and token count from final hidden states (pre-norm unless ``normed``),
+    with the LM head applied in chunks to the labelled positions only."""
+    selected, wanted = shifted_targets(hidden, labels)
     total = 0.0
     for start in range(0, selected.shape[0], chunk):
-        logits = lm_logits(model, final_norm(model, selected[start : start + chunk]))
+        states = selected[start : start + chunk]
+        logits = lm_logits(model, states if normed else final_norm(model, states))
         total += float(F.cross_entropy(logits, wanted[start : start + chunk], reduction="sum"))
-    return total, int(keep.sum())
+    return total, int(wanted.numel())
+
+
+def shifted_targets(states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states (or logits) that predict each labelled next token, and those tokens (-100 labels dropped)."""
+    targets = labels[:, 1:].to(states.device)
+    keep = targets != -100
+    return states[:, :-1][keep], targets[keep]

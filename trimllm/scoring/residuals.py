@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from trimllm.architectures import get_arch, get_layers
+from trimllm.scoring.calibration import build_lm_batches
+from trimllm.scoring.candidates import parse
 from trimllm.scoring.forward import decoder, hooks
-from trimllm.surgery import unwrap
+from trimllm.surgery import get_plan, unwrap
 
 
 @dataclass
@@ -69,9 +71,20 @@ def _store_output(target: dict, pos: int):
     return hook
 
 
-def token_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """Sum over real tokens and their count, for a running token average."""
-    return float(values[mask].sum()), int(mask.sum())
+def token_average(model: nn.Module, tokenizer, texts: list[str], candidates: list[str], metric,
+                  batch_size: int = 8, max_length: int = 1024) -> dict[str, float]:
+    """``metric(before, after)`` -> one value per token, averaged over the real tokens of ``texts``, for every
+    candidate (before / after = the residual state around the block or half)."""
+    plan = get_plan(model)
+    totals = {c: 0.0 for c in candidates}
+    tokens = 0
+    for streams in residual_streams(model, build_lm_batches(tokenizer, texts, batch_size, max_length)):
+        for candidate in candidates:
+            kind, index = parse(candidate)
+            before, after = branch_states(streams, kind, plan.position(index))
+            totals[candidate] += float(metric(before.float(), after.float())[streams.mask].sum())
+        tokens += int(streams.mask.sum())
+    return {c: v / tokens for c, v in totals.items()}
 
 
 def branch_states(streams: Streams, kind: str, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
