@@ -8,6 +8,8 @@ gold answer, and the loss is on the answer tokens only.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
 import time
@@ -18,7 +20,7 @@ from torch import nn
 
 from trimllm.architectures import get_layers
 from trimllm.config import Recipe
-from trimllm.distributed import barrier, is_main, world_size
+from trimllm.distributed import barrier, is_main, on_main, world_size
 from trimllm.prompts import MCItem
 from trimllm.scoring.calibration import build_mc_batches, encode_item
 from trimllm.scoring.forward import choice_loglik, decoder, mc_inputs, mc_outcome
@@ -126,7 +128,8 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     fine-tuning their weights. ``extra_callbacks`` are added to the Trainer's (the benchmarks time steps). With ``resume``, training continues from the newest complete checkpoint in
     ``work_dir`` (optimizer, scheduler, RNG and data position included); ``model`` must already have the stage's
     structure. With ``lora.method: qlora`` the adapters train on a 4-bit NF4 copy and are merged into ``model``'s
-    full-precision weights (see :func:`merge_into`).
+    full-precision weights (see :func:`merge_into`). Under FSDP / DeepSpeed (``train.fsdp``, ``train.deepspeed``) a
+    copy is trained and sharded; its gathered weights are applied to ``model`` (see :func:`_merge_gathered`).
     """
     from transformers import Trainer, set_seed
 
@@ -134,7 +137,13 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
 
     cfg, plan = recipe.train, get_plan(model)
     set_seed(cfg.seed + stage)  # before peft draws the adapters' initial weights: same seed, same run
-    base = quantized_copy(model, tokenizer, work_dir / "base") if recipe.lora.method == "qlora" else model
+    sharded = is_sharded(recipe)
+    if recipe.lora.method == "qlora":
+        base = quantized_copy(model, tokenizer, work_dir / "base")
+    elif sharded:  # FSDP / ZeRO-3 shard the module they train in place: train a copy, merge into this original
+        base = copy.deepcopy(model.to("cpu"))  # kept on the host like QLoRA's; the launcher places and shards the copy
+    else:
+        base = model
     trainee = _prepare(base, recipe, plan.frozen)
     stage_callbacks = [*callbacks(metrics_path, stage), *extra_callbacks]
     pld = None
@@ -147,13 +156,17 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     checkpoint = last_checkpoint(work_dir) if resume else None
     if checkpoint is not None:
         logger.info("stage %d: resuming from %s", stage, checkpoint)
-    if pld is not None:
-        with pld:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    else:
+    with contextlib.ExitStack() as context:
+        context.enter_context(_attention_kernels())
+        if pld is not None:
+            context.enter_context(pld)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if recipe.lora.method == "qlora":
-        merged = merge_into(model, trainee)
+    if sharded:
+        merged = _merge_gathered(model, trainee, trainer, recipe.lora.method)
+    elif recipe.lora.method == "qlora":
+        from peft import get_peft_model_state_dict
+
+        merged = merge_into(model, trainee.peft_config["default"], get_peft_model_state_dict(trainee), trainee.device)
     elif recipe.lora.method == "lora":
         merged = trainee.merge_and_unload()
     else:
@@ -162,6 +175,17 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     for param in merged.parameters():
         param.requires_grad_(True)
     return merged.eval()
+
+
+def _attention_kernels():
+    """Train without cuDNN's fused attention: on an H100 (torch 2.11, bf16) it gave NaN gradients on our
+    left-padded batches (SmolLM2 LoRA on Financial PhraseBank diverged at step 14 of 32), while the flash,
+    memory-efficient and math kernels trained the same run cleanly. A no-op on CPU."""
+    if not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def training_arguments(recipe: Recipe, work_dir: Path, stage: int):
@@ -231,15 +255,37 @@ def quantized_copy(model: nn.Module, tokenizer, directory: Path) -> nn.Module:
     return quantized
 
 
-def merge_into(model: nn.Module, trained) -> nn.Module:
-    """Merge the adapters trained on a quantized copy into the full-precision ``model`` (peft does the math)."""
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+def merge_into(model: nn.Module, lora_config, adapters: dict, device) -> nn.Module:
+    """Merge adapter weights trained on another copy (4-bit, or sharded) into the full-precision ``model`` on
+    ``device`` (peft does the math)."""
+    from peft import get_peft_model, set_peft_model_state_dict
 
-    adapters = get_peft_model_state_dict(trained)
-    model.to(trained.device)
-    full = get_peft_model(model, trained.peft_config["default"])
+    model.to(device)
+    full = get_peft_model(model, lora_config)
     set_peft_model_state_dict(full, adapters)
     return full.merge_and_unload()
+
+
+def is_sharded(recipe: Recipe) -> bool:
+    """FSDP or DeepSpeed: the Trainer shards the module it trains, so its in-memory weights are not the model's."""
+    return bool(recipe.train.fsdp) or bool(recipe.train.deepspeed)
+
+
+def _merge_gathered(model: nn.Module, trainee, trainer, method: str) -> nn.Module:
+    """The end of a sharded stage: gather the trained weights (a collective: every rank calls it; accelerate
+    returns the full state dict on rank 0), keep what training changed (the adapters, or every weight with full
+    fine-tuning), give it to every rank and apply it to the untouched full-precision ``model``."""
+    from peft import get_peft_model_state_dict
+
+    gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if method == "full":
+        weights = on_main(lambda: {k: v.detach().cpu() for k, v in gathered.items()})
+        model.load_state_dict(weights)
+        return model.to(device)
+    adapters = on_main(lambda: {k: v.detach().cpu() for k, v in get_peft_model_state_dict(
+        trainee, state_dict=gathered).items()})
+    return merge_into(model, trainee.peft_config["default"], adapters, device)
 
 
 def _pad_id(tokenizer) -> int:
