@@ -75,13 +75,14 @@ def main() -> None:
             k: row[k] for k in ("blocks", "params", "bound", "decode_speedup", "prefill_speedup", "prefill_b1_speedup",
                                 "prefill_b8_speedup", "memory_ratio", "decode_vs_bound", "prefill_vs_bound")}})
     results["setup"]["command"] = command_line("bench_inference.py", args)
+    results["setup"]["figures"] = str(args.out.resolve().relative_to(ROOT)) if args.out.resolve().is_relative_to(ROOT) else str(args.out)
     publish(results, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(results))
 
 
 def markdown(results: dict) -> str:
     s = results["setup"]
     lines = [
-        f"Command: `{s['command']}` ({environment_line(s)}). Figures in `benchmarks/inference.json`.",
+        f"Command: `{s['command']}` ({environment_line(s)}). Figures in `{s.get('figures', 'benchmarks/inference.json')}`.",
         "",
         f"Prefill: {s['prompt_len']}-token prompts, batch {' and '.join(map(str, s['batches']))}; decode: "
         f"{s['new_tokens']} greedy tokens at batch 1 with the KV cache; median of {s['repeats']} alternating rounds. "

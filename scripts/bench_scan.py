@@ -54,10 +54,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "scan.json")
+    parser.add_argument("--section", default="Calibration scan")
     parser.add_argument("--render-only", action="store_true", help="Re-write BENCHMARKS.md from --out, measure nothing.")
     args = parser.parse_args()
     if args.render_only:
-        write_section(ROOT / "BENCHMARKS.md", "Calibration scan", markdown(json.loads(args.out.read_text())))
+        write_section(ROOT / "BENCHMARKS.md", args.section, markdown(json.loads(args.out.read_text())))
         return
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -104,7 +105,7 @@ def main() -> None:
             "command": command_line("bench_scan.py", args),
         },
     )
-    publish(figures, args.out, ROOT / "BENCHMARKS.md", "Calibration scan", markdown(figures))
+    publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
 
 
 def markdown(f: dict) -> str:

@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--pld-gamma", type=float, default=10.0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "train.json")
+    parser.add_argument("--section", default="Training throughput and Progressive Layer Dropping")
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model, device=args.device)
@@ -129,7 +130,7 @@ def main() -> None:
             "command": command_line("bench_train.py", args),
         },
     }
-    publish(figures, args.out, ROOT / "BENCHMARKS.md", "Training throughput and Progressive Layer Dropping",
+    publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section,
             markdown(figures))
 
 

@@ -3,6 +3,8 @@
     python scripts/study.py                        # defaults below: about 75 minutes on a 2-core CPU
     python scripts/study.py --tasks sciq --seeds 0,1 --budget-steps 48
     python scripts/study.py --render-only          # re-write the BENCHMARKS.md section from benchmarks/study.json
+    python scripts/study.py --model smollm2-135m,gemma3-270m --out benchmarks/study_cuda.json \
+        --section "Compute-matched study (CUDA)" --resume    # on a GPU; --resume skips the runs already in --out
 
 Protocol ("No Train No Gain": every method gets the same compute). Each run trains for the same number of
 optimizer steps (--budget-steps, batch --batch-size, LoRA r=8 on all linear layers) with a learning-rate schedule
@@ -18,7 +20,8 @@ final evaluation). Methods:
 
 Every final model is evaluated with lm-eval on the domain's test split (--domain-limit documents) and the general
 group (--general-limit documents per task). Saves benchmarks/study.json (one record per method x ratio x task x
-seed), benchmarks/study.png and a section of BENCHMARKS.md.
+seed), benchmarks/study.png and a section of BENCHMARKS.md. The JSON is re-written after every run, so an
+interrupted study loses at most the run in progress and ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ def methods(budget: int, stages: int, layers: int) -> list[dict]:
     return runs
 
 
-def run_one(spec: dict, task: str, seed: int, args, work: Path) -> dict:
+def run_one(spec: dict, model_name: str, task: str, seed: int, args, work: Path) -> dict:
     out = work / f"{task}-{spec['method']}-{spec['removed_fraction']}-{seed}"
-    overrides = [f"model.name={args.model}", f"data.task={task}", f"data.seed={seed}", f"train.seed={seed}",
+    overrides = [f"model.name={model_name}", f"data.task={task}", f"data.seed={seed}", f"train.seed={seed}",
                  f"data.n_train={args.budget_steps * args.batch_size}", f"data.n_validation={args.n_validation}",
                  "data.n_calibration=16", f"data.max_length={args.max_length}", f"train.batch_size={args.batch_size}",
                  "train.warmup_ratio=0.1", "train.logging_steps=2", "train.save_steps=0", "scoring.scorer=block_influence",
@@ -78,7 +81,7 @@ def run_one(spec: dict, task: str, seed: int, args, work: Path) -> dict:
     final = plan["stages"][plan["final"]["stage"]]
     removed_units = sum(2 if m.startswith("block.") else 1 for m in final["removed"])
     record = {
-        "method": spec["method"],
+        "model": model_name, "method": spec["method"],
         "removed_fraction": spec["removed_fraction"] if spec["removed_fraction"] is not None
         else round(removed_units / (2 * plan["num_layers"]), 3),
         "task": task, "seed": seed,
@@ -105,7 +108,7 @@ def _mean_stderr(results: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help="one model, or several separated by commas")
     parser.add_argument("--tasks", default="sciq,financial_phrasebank")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--budget-steps", type=int, default=32)
@@ -116,28 +119,55 @@ def main() -> None:
     parser.add_argument("--domain-limit", type=int, default=200)
     parser.add_argument("--general-limit", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "study.json")
+    parser.add_argument("--section", default="Compute-matched study (CPU)", help="the BENCHMARKS.md section it writes")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out and do the rest")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
     if args.render_only:
         figures = json.loads(args.out.read_text())
-        write_section(ROOT / "BENCHMARKS.md", "Compute-matched study (CPU)", markdown(figures))
+        write_section(ROOT / "BENCHMARKS.md", args.section, markdown(figures))
         return
 
-    started = time.time()
-    model, _ = load_model(args.model)
-    layers = model.config.num_hidden_layers
-    env = _environment(model)
-    del model
-    records = []
-    with tempfile.TemporaryDirectory(prefix="trimllm-study-") as work:
-        for task in args.tasks.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                for spec in methods(args.budget_steps, args.stages, layers):
-                    records.append(run_one(spec, task, seed, args, Path(work)))
-                    _save(args, records, env, started)
+    previous = _previous(args)
+    records = previous.get("records", [])
+    started = time.time() - 60 * previous.get("setup", {}).get("minutes", 0)
+    env = None
+    for model_name in args.model.split(","):
+        model, _ = load_model(model_name)
+        layers = model.config.num_hidden_layers
+        env = env or _environment(model)
+        del model
+        with tempfile.TemporaryDirectory(prefix="trimllm-study-") as work:
+            for task in args.tasks.split(","):
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    for spec in methods(args.budget_steps, args.stages, layers):
+                        if any(_key(r) == (model_name, spec["method"], spec["removed_fraction"], task, seed)
+                               for r in records):
+                            continue  # done by the run being resumed
+                        records.append(run_one(spec, model_name, task, seed, args, Path(work)))
+                        _save(args, records, env, started)
     figures = _save(args, records, env, started)
     plot(records, args.out.with_suffix(".png"))
-    publish(figures, args.out, ROOT / "BENCHMARKS.md", "Compute-matched study (CPU)", markdown(figures))
+    publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
+
+
+def _key(record: dict) -> tuple:
+    """What identifies a run; trimllm's removed fraction is measured, so it is keyed by its method alone."""
+    fraction = None if record["method"] == "trimllm" else record["removed_fraction"]
+    return record.get("model", "smollm2-135m"), record["method"], fraction, record["task"], record["seed"]
+
+
+def _previous(args) -> dict:
+    """With --resume, the figures already in --out (refused if they were made with other sizes)."""
+    if not (args.resume and args.out.is_file()):
+        return {}
+    previous = json.loads(args.out.read_text())
+    sizes = ("budget_steps", "stages", "batch_size", "max_length", "n_validation", "domain_limit", "general_limit")
+    differ = {k: (previous["setup"].get(k), getattr(args, k)) for k in sizes if previous["setup"].get(k) != getattr(args, k)}
+    if differ:
+        raise SystemExit(f"--resume: {args.out} was made with other sizes (saved, given): {differ}; "
+                         "give the same options or another --out.")
+    return previous
 
 
 def _environment(model) -> dict:
@@ -151,9 +181,10 @@ def _environment(model) -> dict:
 
 def _save(args, records: list[dict], env: dict, started: float) -> dict:
     figures = {"records": records, "setup": {
-        **{k: v for k, v in vars(args).items() if k not in ("out", "render_only")}, **env,
+        **{k: v for k, v in vars(args).items() if k not in ("out", "render_only", "resume", "section")}, **env,
         "minutes": round((time.time() - started) / 60, 1),
-        "command": command_line("study.py", args),
+        "command": command_line("study.py", args, skip=("out", "render_only", "resume", "section")),
+        "figures": _relative(args.out),
     }}
     write_json(args.out, figures)
     return figures
@@ -165,19 +196,18 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in records})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    groups = _groups(records)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     markers = {"none": "s", "oneshot": "v", "progressive": "o", "trimllm": "*"}
-    for ax, task in zip(axes[0], tasks, strict=True):
+    for ax, ((model, task), group) in zip(axes[0], groups.items(), strict=True):
         for method, marker in markers.items():
-            rows = sorted((r for r in records if r["task"] == task and r["method"] == method),
-                          key=lambda r: r["removed_fraction"])
+            rows = sorted((r for r in group if r["method"] == method), key=lambda r: r["removed_fraction"])
             if rows:
                 x = [r["removed_fraction"] for r in rows]
                 ax.errorbar(x, [r["acc"] for r in rows], yerr=[r["acc_stderr"] for r in rows], marker=marker,
                             label=f"{method} (domain)", capsize=3)
                 ax.plot(x, [r["general_acc"] for r in rows], marker=marker, linestyle=":", label=f"{method} (general)")
-        ax.set(title=task, xlabel="fraction of the model removed (blocks, or halves / 2)", ylabel="accuracy")
+        ax.set(title=f"{model}: {task}", xlabel="fraction of the model removed (blocks, or halves / 2)", ylabel="accuracy")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
@@ -187,9 +217,10 @@ def plot(records: list[dict], path: Path) -> None:
 
 def markdown(figures: dict) -> str:
     s, records = figures["setup"], figures["records"]
+    figures_file = s.get("figures", "benchmarks/study.json")
     lines = [
         f"Command: `{s['command']}` ({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
-        f"{s['minutes']} min in all). Figures in `benchmarks/study.json`, plot `benchmarks/study.png`.",
+        f"{s['minutes']} min in all). Figures in `{figures_file}`, plot `{Path(figures_file).with_suffix('.png')}`.",
         "",
         f"Every run: {s['budget_steps']} LoRA steps of batch {s['batch_size']} in total (progressive: split over "
         f"{s['stages']} removal stages + the full-depth stage 0; trimllm: as many one-half stages), cosine decay to 0 "
@@ -198,18 +229,35 @@ def markdown(figures: dict) -> str:
         "validation. Bound = params_original / params (the inference speedup if time follows the weights read; "
         "measured speedups relative to it are in the inference section).",
         "",
-        "| task | method | removed | seed | blocks kept | params | domain acc | general acc | train s | scoring s | bound |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | task | method | removed | seed | blocks kept | params | domain acc | general acc | train s | scoring s | bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
-            f"| {r['task']} | {r['method']} | {r['removed_fraction']:.0%} | {r['seed']} | {r['blocks_kept']} | "
+            f"| {r.get('model', 'smollm2-135m')} | {r['task']} | {r['method']} | {r['removed_fraction']:.0%} | {r['seed']} | {r['blocks_kept']} | "
             f"{r['params'] / 1e6:.1f}M | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | {r['general_acc']:.3f} ± "
             f"{r['general_acc_stderr']:.3f} | {r['train_seconds']:.0f} | {r['scoring_seconds']:.0f} | {r['inference_bound']}x |")
+    if s.get("notes"):
+        lines += ["", s["notes"]]
     lines += ["", "Targets (mean over seeds):", ""]
-    for task in sorted({r["task"] for r in records}):
-        lines += _targets(task, [r for r in records if r["task"] == task])
+    for (model, task), group in _groups(records).items():
+        lines += _targets(f"{model}, {task}", group)
     return "\n".join(lines)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _groups(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The records of each (model, task), in order of first appearance."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r.get("model", "smollm2-135m"), r["task"]), []).append(r)
+    return groups
 
 
 def _targets(task: str, rows: list[dict]) -> list[str]:

@@ -34,7 +34,7 @@ def environment_line(env: dict) -> str:
             f"transformers {env['transformers']}")
 
 
-def command_line(script: str, args, skip: tuple = ("out", "device", "render_only", "section")) -> str:
+def command_line(script: str, args, skip: tuple = ("out", "render_only", "section")) -> str:
     """The command that reproduces a run: ``python scripts/<script>`` with every option given or defaulted."""
     options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                        if k not in skip and v is not None and v is not False)
@@ -219,7 +219,7 @@ def table(results: dict) -> str:
             "speedup / bound (prefill, decode)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["models"].items():
-        cells = [f"`{name}`", r["blocks"], f"{r['params'] / 1e6:.1f}M", *[r[f"prefill_b{b}"] for b in batches],
+        cells = [f"`{Path(name).name}`", r["blocks"],  # a checkpoint's folder name, not the machine's path f"{r['params'] / 1e6:.1f}M", *[r[f"prefill_b{b}"] for b in batches],
                  r["decode_b1"], f"{r['peak_memory_bytes'] / 2**20:.0f}", f"{r['bound']}x",
                  *[f"{r[f'prefill_b{b}_speedup']}x" for b in batches], f"{r['decode_speedup']}x", r["memory_ratio"],
                  f"{r['prefill_vs_bound']}, {r['decode_vs_bound']}"]
