@@ -82,6 +82,9 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     steps_per_stage: int = 100
+    # Steps of the stage that follows the last removal (recovery, the "healing" of Gromov et al. 2024 and
+    # ShortGPT): the finished structure is what gets exported, so it may deserve more than one stage's share.
+    final_stage_steps: int | None = None  # None = steps_per_stage
     weight_decay: float = 0.0
     logging_steps: int = 5
     save_steps: int = 50  # Trainer checkpoint every N steps inside a stage, for resuming (0 = stage ends only)
@@ -238,6 +241,8 @@ def semantic_problems(recipe: Recipe) -> list[str]:
         (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
         (recipe.schedule.per_stage >= 1, "schedule.per_stage must be >= 1"),
         (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
+        (recipe.train.final_stage_steps is None or recipe.train.final_stage_steps >= 1,
+         "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
         (recipe.train.lr > 0, "train.lr must be > 0"),
         (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
     ]

@@ -120,6 +120,7 @@ def _prepare_output(out: Path, recipe: Recipe, overwrite: bool) -> dict:
             raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(out, recipe)}); "
                                   "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite")
         else:
+            _remove_litter(out)
             plan_path = out / "plan.json"
             previous = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
             previous = {key: previous.get(key, default) for key, default in empty.items()}
@@ -128,6 +129,15 @@ def _prepare_output(out: Path, recipe: Recipe, overwrite: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "resolved.yaml", resolved)
     return empty
+
+
+def _remove_litter(out: Path) -> None:
+    """Temporary siblings that a killed run's atomic writes left behind (``.stage_01.tmp-…``, ``.plan.json.tmp-…``)."""
+    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
 
 
 def _differences(out: Path, recipe: Recipe) -> str:
@@ -179,7 +189,7 @@ def run_stage(state: RunState, pending: dict) -> dict:
     started = time.perf_counter()
     state.model = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
                               state.out / ".trainer" / f"stage_{stage:02d}", stage, state.out / "metrics.jsonl",
-                              resume=resume)
+                              resume=resume, steps=stage_steps(recipe, pending))
     training_s = time.perf_counter() - started
     started = time.perf_counter()
     val_acc = on_main(lambda: mc_accuracy(state.model, state.tokenizer, state.validation, recipe.scoring.batch_size,
@@ -204,6 +214,12 @@ def run_stage(state: RunState, pending: dict) -> dict:
         save_compressed(state.model, state.tokenizer, state.out / record["dir"], overwrite=True, extra_card=card)
     barrier()
     return record
+
+
+def stage_steps(recipe: Recipe, pending: dict) -> int:
+    """Training steps of a stage: ``train.final_stage_steps`` for the stage after the last removal, if set."""
+    final = recipe.train.final_stage_steps
+    return final if final and pending["last"] and pending["dropped"] else recipe.train.steps_per_stage
 
 
 def choose_frozen(state: RunState, stage: int) -> list[int]:

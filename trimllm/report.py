@@ -76,7 +76,8 @@ def stage_report(stages: list[dict], final: dict, recipe) -> str:
         f"# trimllm run: {recipe.model.name} on {recipe.data.task}",
         "",
         f"Schedule `{recipe.schedule.name}`, scorer `{recipe.scoring.scorer}` ({recipe.scoring.granularity}), "
-        f"freezing `{recipe.freeze.mode}`, {recipe.lora.method}, {recipe.train.steps_per_stage} steps per stage.",
+        f"freezing `{recipe.freeze.mode}`, {recipe.lora.method}, {recipe.train.steps_per_stage} steps per stage"
+        + (f" ({recipe.train.final_stage_steps} after the last removal)." if recipe.train.final_stage_steps else "."),
         "",
         "| stage | dropped | blocks kept | params | val acc | scoring s | training s | eval s |",
         "|---|---|---|---|---|---|---|---|",

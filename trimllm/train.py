@@ -121,11 +121,11 @@ def last_checkpoint(work_dir: Path) -> Path | None:
 
 
 def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recipe, work_dir: Path, stage: int,
-                metrics_path: Path, resume: bool = False, extra_callbacks: list = ()) -> nn.Module:
+                metrics_path: Path, resume: bool = False, extra_callbacks: list = (), steps: int | None = None) -> nn.Module:
     """Train ``model`` for one stage and return the plain (merged) model.
 
     Frozen blocks (``plan.frozen``) get no trainable parameters: with LoRA their adapters are frozen, with full
-    fine-tuning their weights. ``extra_callbacks`` are added to the Trainer's (the benchmarks time steps). With ``resume``, training continues from the newest complete checkpoint in
+    fine-tuning their weights. ``steps`` defaults to ``train.steps_per_stage``. ``extra_callbacks`` are added to the Trainer's (the benchmarks time steps). With ``resume``, training continues from the newest complete checkpoint in
     ``work_dir`` (optimizer, scheduler, RNG and data position included); ``model`` must already have the stage's
     structure. With ``lora.method: qlora`` the adapters train on a 4-bit NF4 copy and are merged into ``model``'s
     full-precision weights (see :func:`merge_into`). Under FSDP / DeepSpeed (``train.fsdp``, ``train.deepspeed``) a
@@ -150,7 +150,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     if recipe.pld.enabled:
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
         stage_callbacks.append(pld_callback(pld, stage * cfg.steps_per_stage))
-    trainer = Trainer(model=trainee, args=training_arguments(recipe, work_dir, stage), train_dataset=examples,
+    trainer = Trainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps), train_dataset=examples,
                       data_collator=SFTCollator(_pad_id(tokenizer)), compute_loss_func=answer_loss,
                       callbacks=stage_callbacks)
     checkpoint = last_checkpoint(work_dir) if resume else None
@@ -188,7 +188,7 @@ def _attention_kernels():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def training_arguments(recipe: Recipe, work_dir: Path, stage: int):
+def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | None = None):
     """The stage's TrainingArguments. ``train.batch_size`` is the global batch: it is split over the processes of
     a distributed launch, so one recipe trains the same way on 1 or N processes."""
     from transformers import TrainingArguments
@@ -198,10 +198,11 @@ def training_arguments(recipe: Recipe, work_dir: Path, stage: int):
     optim = cfg.optim
     if optim == "auto":
         optim = "paged_adamw_8bit" if recipe.lora.method == "qlora" else "adamw_torch"
-    checkpoints = 0 < cfg.save_steps < cfg.steps_per_stage
+    steps = steps or cfg.steps_per_stage
+    checkpoints = 0 < cfg.save_steps < steps
     return TrainingArguments(
         output_dir=str(work_dir),
-        max_steps=cfg.steps_per_stage,
+        max_steps=steps,
         per_device_train_batch_size=cfg.batch_size // world_size(),
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,

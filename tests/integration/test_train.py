@@ -153,3 +153,28 @@ def test_progressive_layer_dropping_run(tiny_dir, tmp_path):
     assert [len(s["removed"]) for s in plan["stages"]] == [0, 1, 2]
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "pld" / "final")
     assert "forward" not in final.model.layers[0].__dict__ and final.config.num_hidden_layers == 4
+
+
+def test_final_stage_steps_train_the_last_structure_longer(tiny_dir, tmp_path):
+    out = tmp_path / "recovery"
+    plan = run_tiny(tiny_dir, out, "schedule.per_stage=1", "stop.target_fraction=0.34", "train.final_stage_steps=5")
+    steps = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            steps[record["stage"]] = max(steps.get(record["stage"], 0), record["step"])
+    assert [len(s["removed"]) for s in plan["stages"]] == [0, 1, 2]
+    assert steps == {0: 2, 1: 2, 2: 5}  # steps_per_stage=2 (TINY_RUN) until the removal that reaches the target
+    assert "(5 after the last removal)" in (out / "report.md").read_text()
+
+
+def test_rerun_removes_what_killed_atomic_writes_left_behind(tiny_dir, tmp_path):
+    out = tmp_path / "litter"
+    first = run_tiny(tiny_dir, out, "schedule.name=none")
+    (out / ".stage_01.tmp-abc").mkdir()
+    (out / ".stage_01.tmp-abc" / "model.safetensors").write_bytes(b"half")
+    (out / ".plan.json.tmp-123").write_text("{")
+    (out / ".final.old-42").mkdir()
+    again = run_tiny(tiny_dir, out, "schedule.name=none")  # the same recipe: resumes (here: already finished)
+    assert without_times(again) == without_times(first)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".trainer") == []

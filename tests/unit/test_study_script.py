@@ -20,17 +20,25 @@ def record(method, fraction, acc, model="smollm2-135m", task="sciq", seed=0, **e
             "num_layers": 30, **extra}
 
 
-def steps(overrides: list[str]) -> int:
-    return int(next(o for o in overrides if o.startswith("train.steps_per_stage=")).split("=")[1])
+def option(overrides: list[str], key: str) -> int | None:
+    return next((int(o.split("=")[1]) for o in overrides if o.startswith(f"train.{key}=")), None)
 
 
 def test_every_method_gets_at_most_the_budget_and_progressive_reaches_its_fraction():
     runs = study["methods"](32, 3, 30)
     assert [(r["method"], r["removed_fraction"]) for r in runs] == [
-        ("none", 0.0), ("oneshot", 0.25), ("progressive", 0.25), ("oneshot", 0.5), ("progressive", 0.5), ("trimllm", None)]
+        ("none", 0.0), ("oneshot", 0.25), ("progressive", 0.25), ("oneshot", 0.5), ("progressive", 0.5),
+        ("progressive+recovery", 0.25), ("progressive+recovery", 0.5), ("trimllm", None)]
     for r in runs:
-        stages = 4 if r["method"] in ("progressive", "trimllm") else 1  # stage 0 + 3 removal stages
-        assert 24 <= steps(r["overrides"]) * stages <= 32, r
+        per_stage, final = option(r["overrides"], "steps_per_stage"), option(r["overrides"], "final_stage_steps")
+        if r["method"] in ("progressive", "trimllm"):  # stage 0 + 3 removal stages
+            total = 4 * per_stage
+        elif r["method"] == "progressive+recovery":  # stages 0-2 short, the one after the last removal long
+            total = 3 * per_stage + final
+            assert final > per_stage
+        else:
+            total = per_stage
+        assert 24 <= total <= 32, r
     per_stage = {r["removed_fraction"]: r["overrides"] for r in runs if r["method"] == "progressive"}
     assert "schedule.per_stage=5" in per_stage[0.5]  # 15 of 30 blocks in 3 stages
     assert "schedule.per_stage=3" in per_stage[0.25]  # 8 of 30 (rounded) in 3 stages, the last one capped

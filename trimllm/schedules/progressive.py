@@ -15,4 +15,5 @@ def progressive(ctx: StageContext) -> Decision:
         return Decision(last=True)
     scores = ctx.score(ctx.recipe.scoring.granularity)
     count = min(ctx.recipe.schedule.per_stage, ctx.budget)
-    return Decision(drop=[c for c, _ in scores.ranked()[:count]], scores=scores)
+    # `last`: this removal reaches the target, so the stage it starts is the final (recovery) stage
+    return Decision(drop=[c for c, _ in scores.ranked()[:count]], scores=scores, last=count >= ctx.budget)
