@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--proxy", default="task_accuracy", help="proxy scorer (task_accuracy = exact scan on a subset)")
     parser.add_argument("--proxy-fraction", type=float, default=0.25, help="share of the questions the task_accuracy proxy scans")
-    parser.add_argument("--proxy-k", type=int, default=3)
+    parser.add_argument("--proxy-k", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "scan.json")

@@ -156,5 +156,7 @@ def test_task_accuracy_proxy_scans_a_subset_then_k_exactly():
     for c in shortlist:  # ... which is then scored exactly, on every question (the activation-norm tie-breaker,
         # below 0.5/N * 1e-3, is normalized by the scanned candidates' mean norm, so it may differ slightly)
         assert proxied.meta["acc_without"][c] == full.meta["acc_without"][c]
+        # the first questions' counts are reused, not re-scanned: the sums still equal the full scan's
+        assert proxied.meta["gold_ll_without"][c] == pytest.approx(full.meta["gold_ll_without"][c], rel=1e-5)
         assert proxied.scores[c] == pytest.approx(full.scores[c], abs=0.5 / 8 * 1e-3)
     assert [c for c, _ in proxied.ranked()[3:]] == [c for c, _ in subset.ranked()[3:]]

@@ -13,8 +13,10 @@ candidate on, applying the LM head at answer positions only; ``fast=False`` eval
 sequence through the whole model once per candidate, as lm-eval would. Both give the same scores up to float
 rounding. With ``proxy=NAME`` and ``proxy_k=k``, only the k candidates the proxy ranks least important are
 scanned exactly; the others are scored above every scanned one, in proxy order. The proxy is any scorer (e.g. the
-one-pass ``block_influence``), or ``task_accuracy`` itself on the first ``proxy_fraction`` of the calibration
-questions: the same criterion at a fraction of the cost, so its short list rarely misses the exact choice.
+one-pass ``block_influence``), or ``task_accuracy`` itself: every candidate is scanned on the first
+``proxy_fraction`` of the questions and only the k lowest on the rest, their first-questions counts reused (one
+round of successive halving, Jamieson & Talwalkar 2016). The same criterion throughout, and the short list's scores
+are exactly the full scan's; the cost is about ``fraction + (1 - fraction) * k / candidates`` of a full scan.
 """
 
 from __future__ import annotations
@@ -43,18 +45,36 @@ def task_accuracy(
     model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, fast: bool = True,
     proxy: str | None = None, proxy_k: int | None = None, proxy_fraction: float = 0.25, **_,
 ):
-    scanned, proxy_order = _preselect(model, tokenizer, calibration, candidates, proxy, proxy_k, proxy_fraction,
-                                      batch_size, max_length)
-    batches = build_mc_batches(tokenizer, calibration.items, batch_size, pack=fast, max_length=max_length)
-    base, per = _scan(model, batches, scanned, fast)
-    n = len(calibration.items)
-    norms = activation_norms(model, tokenizer, calibration.texts(), scanned, batch_size, max_length)
-    mean_norm = sum(norms.values()) / len(norms) or 1.0
-    scores = {}
-    for c in scanned:
-        acc_drop = (base[0] - per[c][0]) / n
-        ll_drop = (base[1] - per[c][1]) / n
-        scores[c] = acc_drop + 0.5 / n * math.tanh(ll_drop) + 0.5 / n * 1e-3 * math.tanh(norms[c] / mean_norm)
+    items = calibration.items
+
+    def scan(subset, scanned):
+        batches = build_mc_batches(tokenizer, subset, batch_size, pack=fast, max_length=max_length)
+        return _scan(model, batches, scanned, fast)
+
+    def scored(subset, base, per):
+        texts = [item.context + item.choices[item.gold] for item in subset]
+        return _scores(model, tokenizer, texts, base, per, batch_size, max_length)
+
+    if proxy == "task_accuracy" and proxy_k and proxy_k < len(candidates):
+        # Successive halving in one round: every candidate on the first questions, the k lowest on the rest too.
+        # The short list's counts on the first questions are reused, so its scores are the exact full-set scores.
+        m = max(1, round(proxy_fraction * len(items)))
+        base, per = scan(items[:m], candidates)
+        head = scored(items[:m], base, per)
+        proxy_order = sorted(head, key=head.get)
+        scanned = proxy_order[:proxy_k]
+        if m < len(items):
+            rest_base, rest_per = scan(items[m:], scanned)
+            base = [base[0] + rest_base[0], base[1] + rest_base[1]]
+            per = {c: [per[c][0] + rest_per[c][0], per[c][1] + rest_per[c][1]] for c in scanned}
+        else:
+            per = {c: per[c] for c in scanned}
+    else:
+        scanned, proxy_order = _preselect(model, tokenizer, calibration, candidates, proxy, proxy_k, batch_size,
+                                          max_length)
+        base, per = scan(items, scanned)
+    n = len(items)
+    scores = scored(items, base, per)
     top = max(scores.values())
     for rank, c in enumerate(c for c in proxy_order if c not in scores):
         scores[c] = top + 1.0 + rank  # not scanned: kept, more important than anything scanned
@@ -69,14 +89,25 @@ def task_accuracy(
     return scores, meta
 
 
-def _preselect(model, tokenizer, calibration, candidates, proxy, proxy_k, proxy_fraction, batch_size, max_length):
+def _scores(model, tokenizer, texts, base, per, batch_size, max_length) -> dict[str, float]:
+    """Each candidate's score from the outcomes ``per`` summed over the ``len(texts)`` questions."""
+    n = len(texts)
+    norms = activation_norms(model, tokenizer, texts, list(per), batch_size, max_length)
+    mean_norm = sum(norms.values()) / len(norms) or 1.0
+    scores = {}
+    for c, (correct, loglik) in per.items():
+        acc_drop = (base[0] - correct) / n
+        ll_drop = (base[1] - loglik) / n
+        scores[c] = acc_drop + 0.5 / n * math.tanh(ll_drop) + 0.5 / n * 1e-3 * math.tanh(norms[c] / mean_norm)
+    return scores
+
+
+def _preselect(model, tokenizer, calibration, candidates, proxy, proxy_k, batch_size, max_length):
+    """The k candidates a one-pass proxy scorer ranks least important, and its whole order."""
     if not proxy or not proxy_k or proxy_k >= len(candidates):
         return list(candidates), list(candidates)
-    from trimllm.scoring import CalibrationSet, run_scorer
+    from trimllm.scoring import run_scorer
 
-    if proxy == "task_accuracy":  # the exact scan on a subset of the questions
-        subset = calibration.items[: max(1, round(proxy_fraction * len(calibration.items)))]
-        calibration = CalibrationSet(calibration.dataset, subset, calibration.seed)
     ranked = run_scorer(proxy, model, tokenizer, calibration, candidates, batch_size=batch_size,
                         max_length=max_length).ranked()
     order = [c for c, _ in ranked]
