@@ -125,7 +125,8 @@ def markdown(f: dict) -> str:
                      f"({g['choice']}) | {g['max_abs_score_diff']:.1e} |")
     lines += [
         "",
-        f"Proxy pre-selection ({_proxy_name(s)}, then the exact scan of the {s['proxy_k']} it ranks lowest): "
+        f"Proxy pre-selection ({_proxy_name(s)}, then the exact scan of the {s['proxy_k']} it ranks lowest"
+        f"{' on the remaining questions, their first counts reused' if s['proxy'] == 'task_accuracy' else ''}): "
         f"{f['proxy_s']} s at step 0, "
         f"**{f['proxy_speedup']}x** faster than the naive scan; same choice as the full exact scan on "
         f"**{f['proxy_same_choice_fraction']:.0%}** of {len(f['proxy_steps'])} consecutive drop steps.",
