@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trimllm.bench import command_line, compare, environment_line, publish, table, write_section
+from trimllm.bench import command_line, compare, environment_line, publish, shown_path, table, write_section
 from trimllm.export import save_compressed
 from trimllm.modeling import cache_root, load_model
 from trimllm.scoring import CalibrationSet, run_scorer
@@ -75,7 +75,7 @@ def main() -> None:
             k: row[k] for k in ("blocks", "params", "bound", "decode_speedup", "prefill_speedup", "prefill_b1_speedup",
                                 "prefill_b8_speedup", "memory_ratio", "decode_vs_bound", "prefill_vs_bound")}})
     results["setup"]["command"] = command_line("bench_inference.py", args)
-    results["setup"]["figures"] = str(args.out.resolve().relative_to(ROOT)) if args.out.resolve().is_relative_to(ROOT) else str(args.out)
+    results["setup"]["figures"] = shown_path(args.out, ROOT)
     publish(results, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(results))
 
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trimllm.bench import command_line, environment_line, publish, write_json, write_section
+from trimllm.bench import command_line, environment_line, publish, shown_path, write_json, write_section
 from trimllm.config import load_recipe
 from trimllm.evaluation import domain_scores, evaluate
 from trimllm.modeling import load_model
@@ -49,21 +49,24 @@ EVAL_TASK = {"sciq": "trimllm_sciq", "financial_phrasebank": "trimllm_fpb"}
 def methods(budget: int, stages: int, layers: int) -> list[dict]:
     """(method, removed fraction, recipe overrides) of every run, all with ``budget`` training steps in total."""
     steps = budget // (stages + 1)
+
+    def removals(fraction: float) -> list[str]:  # progressive: the blocks of `fraction` in `stages` stages
+        blocks = int(round(fraction * layers))
+        return ["schedule.name=progressive", f"stop.target_fraction={fraction}",
+                f"schedule.per_stage={math.ceil(blocks / stages)}"]
+
     runs = [{"method": "none", "removed_fraction": 0.0,
              "overrides": ["schedule.name=none", f"train.steps_per_stage={budget}"]}]
     for fraction in (0.25, 0.5):
-        blocks = int(round(fraction * layers))
         runs.append({"method": "oneshot", "removed_fraction": fraction,
                      "overrides": ["schedule.name=oneshot", f"stop.target_fraction={fraction}",
                                    f"train.steps_per_stage={budget}"]})
         runs.append({"method": "progressive", "removed_fraction": fraction,
-                     "overrides": ["schedule.name=progressive", f"stop.target_fraction={fraction}",
-                                   f"schedule.per_stage={math.ceil(blocks / stages)}", f"train.steps_per_stage={steps}"]})
+                     "overrides": [*removals(fraction), f"train.steps_per_stage={steps}"]})
+    early = budget // (2 * (stages + 1))
     for fraction in (0.25, 0.5):  # the same removals, most of the budget spent on the final structure
-        blocks, early = int(round(fraction * layers)), budget // (2 * (stages + 1))
         runs.append({"method": "progressive+recovery", "removed_fraction": fraction,
-                     "overrides": ["schedule.name=progressive", f"stop.target_fraction={fraction}",
-                                   f"schedule.per_stage={math.ceil(blocks / stages)}", f"train.steps_per_stage={early}",
+                     "overrides": [*removals(fraction), f"train.steps_per_stage={early}",
                                    f"train.final_stage_steps={budget - stages * early}"]})
     runs.append({"method": "trimllm", "removed_fraction": None,  # whatever `stages` halves amount to
                  "overrides": ["schedule.name=trimllm", "scoring.scorer=task_accuracy", "stop.target_fraction=null",
@@ -153,8 +156,8 @@ def main() -> None:
                                for r in records):
                             continue  # done by the run being resumed
                         records.append(run_one(spec, model_name, task, seed, args, Path(work)))
-                        _save(args, records, env, started)
-    figures = _save(args, records, env, started)
+                        write_json(args.out, _figures(args, records, env, started))
+    figures = _figures(args, records, env, started)
     plot(records, args.out.with_suffix(".png"))
     publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
 
@@ -162,7 +165,7 @@ def main() -> None:
 def _key(record: dict) -> tuple:
     """What identifies a run; trimllm's removed fraction is measured, so it is keyed by its method alone."""
     fraction = None if record["method"] == "trimllm" else record["removed_fraction"]
-    return record.get("model", "smollm2-135m"), record["method"], fraction, record["task"], record["seed"]
+    return _model(record), record["method"], fraction, record["task"], record["seed"]
 
 
 def _previous(args) -> dict:
@@ -187,15 +190,14 @@ def _environment(model) -> dict:
     return {**environment(model), "peft": peft.__version__, "lm_eval": lm_eval.__version__}
 
 
-def _save(args, records: list[dict], env: dict, started: float) -> dict:
-    figures = {"records": records, "setup": {
-        **{k: v for k, v in vars(args).items() if k not in ("out", "render_only", "resume", "section")}, **env,
+def _figures(args, records: list[dict], env: dict, started: float) -> dict:
+    not_setup = ("out", "render_only", "resume", "section")
+    return {"records": records, "setup": {
+        **{k: v for k, v in vars(args).items() if k not in not_setup}, **env,
         "minutes": round((time.time() - started) / 60, 1),
-        "command": command_line("study.py", args, skip=("out", "render_only", "resume", "section")),
-        "figures": _relative(args.out),
+        "command": command_line("study.py", args, skip=not_setup),
+        "figures": shown_path(args.out, ROOT),
     }}
-    write_json(args.out, figures)
-    return figures
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -242,7 +244,7 @@ def markdown(figures: dict) -> str:
     ]
     for r in records:
         lines.append(
-            f"| {r.get('model', 'smollm2-135m')} | {r['task']} | {r['method']} | {r['removed_fraction']:.0%} | {r['seed']} | {r['blocks_kept']} | "
+            f"| {_model(r)} | {r['task']} | {r['method']} | {r['removed_fraction']:.0%} | {r['seed']} | {r['blocks_kept']} | "
             f"{r['params'] / 1e6:.1f}M | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | {r['general_acc']:.3f} ± "
             f"{r['general_acc_stderr']:.3f} | {r['train_seconds']:.0f} | {r['scoring_seconds']:.0f} | {r['inference_bound']}x |")
     if s.get("notes"):
@@ -253,18 +255,15 @@ def markdown(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
+def _model(record: dict) -> str:
+    return record.get("model", "smollm2-135m")  # the first CPU records predate the field (SmolLM2 only)
 
 
 def _groups(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """The records of each (model, task), in order of first appearance."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        groups.setdefault((r.get("model", "smollm2-135m"), r["task"]), []).append(r)
+        groups.setdefault((_model(r), r["task"]), []).append(r)
     return groups
 
 

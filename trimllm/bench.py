@@ -41,6 +41,12 @@ def command_line(script: str, args, skip: tuple = ("out", "render_only", "sectio
     return f"python scripts/{script} {options}"
 
 
+def shown_path(path: Path, root: Path) -> str:
+    """``path`` relative to the checkout ``root`` when inside it (what a reader of BENCHMARKS.md can open)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def publish(figures: dict, json_path: Path, markdown_path: Path, title: str, body: str) -> None:
     """Save the figures as JSON, print the markdown and make it the ``title`` section of ``markdown_path``."""
     write_json(json_path, figures)

@@ -278,8 +278,10 @@ def _merge_gathered(model: nn.Module, trainee, trainer, method: str) -> nn.Modul
     fine-tuning), give it to every rank and apply it to the untouched full-precision ``model``."""
     from peft import get_peft_model_state_dict
 
+    from trimllm.modeling import default_device
+
     gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = default_device()  # "cuda" is the rank's own GPU: torchrun / accelerate set it
     if method == "full":
         weights = on_main(lambda: {k: v.detach().cpu() for k, v in gathered.items()})
         model.load_state_dict(weights)

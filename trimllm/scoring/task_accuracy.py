@@ -45,22 +45,21 @@ def task_accuracy(
     model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, fast: bool = True,
     proxy: str | None = None, proxy_k: int | None = None, proxy_fraction: float = 0.25, **_,
 ):
-    items = calibration.items
+    items, texts = calibration.items, calibration.texts()
 
     def scan(subset, scanned):
         batches = build_mc_batches(tokenizer, subset, batch_size, pack=fast, max_length=max_length)
         return _scan(model, batches, scanned, fast)
 
-    def scored(subset, base, per):
-        texts = [item.context + item.choices[item.gold] for item in subset]
-        return _scores(model, tokenizer, texts, base, per, batch_size, max_length)
+    def scored(subset_texts, base, per):
+        return _scores(model, tokenizer, subset_texts, base, per, batch_size, max_length)
 
     if proxy == "task_accuracy" and proxy_k and proxy_k < len(candidates):
         # Successive halving in one round: every candidate on the first questions, the k lowest on the rest too.
         # The short list's counts on the first questions are reused, so its scores are the exact full-set scores.
         m = max(1, round(proxy_fraction * len(items)))
         base, per = scan(items[:m], candidates)
-        head = scored(items[:m], base, per)
+        head = scored(texts[:m], base, per)
         proxy_order = sorted(head, key=head.get)
         scanned = proxy_order[:proxy_k]
         if m < len(items):
@@ -74,7 +73,7 @@ def task_accuracy(
                                           max_length)
         base, per = scan(items, scanned)
     n = len(items)
-    scores = scored(items, base, per)
+    scores = scored(texts, base, per)
     top = max(scores.values())
     for rank, c in enumerate(c for c in proxy_order if c not in scores):
         scores[c] = top + 1.0 + rank  # not scanned: kept, more important than anything scanned
