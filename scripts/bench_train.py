@@ -1,7 +1,8 @@
-"""Training throughput: LoRA fine-tuning steps/s and tokens/s of SmolLM2-135M as blocks are removed, and the time
-per sample with Progressive Layer Dropping on vs off.
+"""Training throughput: LoRA fine-tuning steps/s and tokens/s of SmolLM2-135M as blocks are removed, the time
+per sample with Progressive Layer Dropping on vs off, and random vs length-grouped batches.
 
-    python scripts/bench_train.py                 # defaults below; about 15 minutes on a 2-core CPU
+    python scripts/bench_train.py                 # depths and PLD; about 15 minutes on a 2-core CPU
+    python scripts/bench_train.py --part length_grouping   # random vs length-grouped batches, SciQ and FPB
     python scripts/bench_train.py --device cuda --batch-size 32
 
 Every configuration trains with trimllm's own stage trainer (trimllm.train.train_stage: peft LoRA on all linear
@@ -10,13 +11,21 @@ each optimizer step after --warmup steps (mean step time = time per sample x bat
 the PLD-off runs (--repeats pairs with different seeds, so different gate draws; median of each); with --pld-gamma large, theta(t) equals theta_bar from the
 first step, so the figure is PLD's steady state (with the paper's gamma = 0.001 a run's early steps keep more).
 
-Saves benchmarks/train.json (top-level pld_time_per_sample_ratio) and a section of BENCHMARKS.md.
+Length grouping (``--part length_grouping``): for each ``--grouping-tasks`` entry (data set : train-side examples :
+batch), the same examples and the same number of optimizer steps (``--grouping-steps``) with the Trainer's random
+batches and with trimllm's length-grouped batches (the only difference: ``train.group_by_length``), alternating;
+then both models' validation accuracy on the same train-side items, with a paired exact McNemar test. The padded
+share is that of the batches the run computed (the Trainer's own counts).
+
+Saves benchmarks/train.json (top-level pld_time_per_sample_ratio; "length_grouping") and sections of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
 import statistics
 import tempfile
 import time
@@ -24,15 +33,16 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from trimllm.bench import command_line, environment, environment_line, publish
+from trimllm.bench import command_line, environment, environment_line, publish, write_json, write_section
 from trimllm.config import Recipe
 from trimllm.data import train_side_splits
 from trimllm.modeling import load_model
 from trimllm.pld import keep_probability
 from trimllm.prompts import mc_item
 from trimllm.scoring import CalibrationSet, run_scorer
+from trimllm.sft import sft_examples
 from trimllm.surgery import drop_blocks
-from trimllm.train import sft_examples, train_stage
+from trimllm.train import mc_correct, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,12 +60,18 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def seconds_per_step(model, tokenizer, examples, recipe: Recipe, warmup: int) -> float:
+def timed_stage(model, tokenizer, examples, recipe: Recipe):
+    """Train a copy of ``model`` for one stage; (trained model, seconds of each optimizer step, stage stats)."""
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as work:
-        train_stage(copy.deepcopy(model), tokenizer, examples, recipe, Path(work) / "stage", 0,
-                    Path(work) / "metrics.jsonl", extra_callbacks=[timer])
-    return statistics.mean(timer.seconds[warmup:])  # the mean: time per sample over the run, random skips included
+        trained, stats = train_stage(copy.deepcopy(model), tokenizer, examples, recipe, Path(work) / "stage", 0,
+                                     Path(work) / "metrics.jsonl", extra_callbacks=[timer])
+    return trained, timer.seconds, stats
+
+
+def seconds_per_step(model, tokenizer, examples, recipe: Recipe, warmup: int) -> float:
+    # the mean: time per sample over the run, random skips included
+    return statistics.mean(timed_stage(model, tokenizer, examples, recipe)[1][warmup:])
 
 
 def main() -> None:
@@ -73,8 +89,17 @@ def main() -> None:
     parser.add_argument("--pld-gamma", type=float, default=10.0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "train.json")
-    parser.add_argument("--section", default="Training throughput and Progressive Layer Dropping")
+    parser.add_argument("--section", default=None, help="BENCHMARKS.md section (default: the part's own)")
+    parser.add_argument("--part", choices=["throughput", "length_grouping"], default="throughput",
+                        help="throughput: depths and PLD; length_grouping: random vs length-grouped batches")
+    parser.add_argument("--grouping-tasks", default="sciq:1000:8,financial_phrasebank:1500:16",
+                        help="data set:train-side examples:batch, one side-by-side comparison each")
+    parser.add_argument("--grouping-steps", type=int, default=24, help="optimizer steps of each run")
+    parser.add_argument("--n-validation", type=int, default=200, help="train-side validation items (grouping)")
     args = parser.parse_args()
+    if args.part == "length_grouping":
+        return length_grouping(args)
+    args.section = args.section or "Training throughput and Progressive Layer Dropping"
 
     model, tokenizer = load_model(args.model, device=args.device)
     splits = train_side_splits(args.data, 16, 16, 0, args.n_train)
@@ -130,8 +155,116 @@ def main() -> None:
             "command": command_line("bench_train.py", args),
         },
     }
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    figures.update({k: v for k, v in previous.items() if k.startswith("length_grouping")})  # the other part's
     publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section,
             markdown(figures))
+
+
+def length_grouping(args) -> None:
+    """Random vs length-grouped batches side by side: same model, examples and steps; alternating runs."""
+    model, tokenizer = load_model(args.model, device=args.device)
+    entries = {}
+    for spec in args.grouping_tasks.split(","):
+        task, n_train, batch = spec.split(":")
+        splits = train_side_splits(task, args.n_validation, 0, 0, int(n_train))
+        examples = sft_examples(tokenizer, [mc_item(task, r) for r in splits["train"]], 512)
+        validation = [mc_item(task, r) for r in splits["validation"]]
+        runs = {}
+        for grouped in (False, True):
+            recipe = Recipe()
+            recipe.train.batch_size, recipe.train.steps_per_stage = int(batch), args.grouping_steps
+            recipe.train.save_steps, recipe.train.logging_steps = 0, 10_000
+            recipe.train.group_by_length = grouped
+            trained, step_seconds, stats = timed_stage(model, tokenizer, examples, recipe)
+            runs[grouped] = {"stats": stats, "s_per_step": statistics.mean(step_seconds[args.warmup:]),
+                             "tokens_per_s": stats.tokens_real / sum(step_seconds),
+                             "correct": mc_correct(trained, tokenizer, validation, 8, 512)}
+            print(task, "grouped" if grouped else "random", stats, flush=True)
+            del trained
+        entries[task] = grouping_entry(runs[False], runs[True], len(examples), int(batch), args.grouping_steps)
+        print(task, entries[task], flush=True)
+    figures = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    figures["length_grouping"] = entries
+    figures["length_grouping_setup"] = {
+        "model": args.model, "steps": args.grouping_steps, "warmup": args.warmup, "n_validation": args.n_validation,
+        "lora": "r=8, all-linear", "max_length": 512, **environment(model),
+        "command": command_line("bench_train.py", args, skip=("out", "section", "removed", "repeats", "theta_bar",
+                                                                 "pld_gamma", "n_train", "data", "batch_size", "steps",
+                                                                 "max_length")),
+    }
+    write_json(args.out, figures)
+    body = grouping_markdown(figures)
+    print(body)
+    write_section(ROOT / "BENCHMARKS.md", args.section or "Training throughput: length-grouped batches", body)
+
+
+def grouping_entry(random_run: dict, grouped_run: dict, examples: int, batch: int, steps: int) -> dict:
+    def share(run):
+        return 1 - run["stats"].tokens_real / run["stats"].tokens_padded
+
+    n = len(grouped_run["correct"])
+    acc = {name: sum(run["correct"]) / n for name, run in (("random", random_run), ("grouped", grouped_run))}
+    return {
+        "examples": examples, "batch_size": batch, "steps": steps,
+        "padded_share_random": round(share(random_run), 4), "padded_share_grouped": round(share(grouped_run), 4),
+        "real_tokens_per_s_random": round(random_run["tokens_per_s"], 1),
+        "real_tokens_per_s_grouped": round(grouped_run["tokens_per_s"], 1),
+        "real_tokens_per_s_ratio": round(grouped_run["tokens_per_s"] / random_run["tokens_per_s"], 3),
+        "s_per_step_random": round(random_run["s_per_step"], 3), "s_per_step_grouped": round(grouped_run["s_per_step"], 3),
+        "tokens_real": {"random": random_run["stats"].tokens_real, "grouped": grouped_run["stats"].tokens_real},
+        "val_acc_random": round(acc["random"], 4), "val_acc_grouped": round(acc["grouped"], 4),
+        "val_acc_stderr_random": round(math.sqrt(acc["random"] * (1 - acc["random"]) / (n - 1)), 4),
+        "val_acc_stderr_grouped": round(math.sqrt(acc["grouped"] * (1 - acc["grouped"]) / (n - 1)), 4),
+        "n_validation": n,
+        "mcnemar_p": round(mcnemar_exact(random_run["correct"], grouped_run["correct"]), 4),
+    }
+
+
+def mcnemar_exact(a: list[bool], b: list[bool]) -> float:
+    """Two-sided exact McNemar p-value of paired outcomes: a binomial test on the discordant pairs."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def grouping_markdown(f: dict) -> str:
+    s = f["length_grouping_setup"]
+    lines = [
+        f"Command: `{s['command']}` ({environment_line(s)}; nothing else running). Figures in `benchmarks/train.json` "
+        "(`length_grouping`).",
+        "",
+        f"LoRA ({s['lora']}) fine-tuning of {s['model']}, the same train-side examples and {s['steps']} optimizer steps "
+        "per run, once with the Trainer's random batches and once with trimllm's length-grouped batches "
+        "(`train.group_by_length`, the default), alternating. Padded share = padding positions / positions computed, "
+        "counted by the Trainer over the run; real tokens/s = non-padding tokens / training time; s / step = mean "
+        f"after {s['warmup']} warm-up steps. Validation accuracy on {s['n_validation']} train-side items "
+        "(lm-eval's rule), ± its standard error; p = exact McNemar test on the same items.",
+        "",
+        "| task | examples | batch | padded share random | padded share grouped | real tokens/s random | "
+        "real tokens/s grouped | ratio | s / step random | s / step grouped | val acc random | val acc grouped | p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    targets = {"sciq": 1.8, "financial_phrasebank": 1.4}
+    verdicts = []
+    for task, e in f["length_grouping"].items():
+        lines.append(
+            f"| {task} | {e['examples']} | {e['batch_size']} | {e['padded_share_random']:.1%} | "
+            f"{e['padded_share_grouped']:.1%} | {e['real_tokens_per_s_random']} | {e['real_tokens_per_s_grouped']} | "
+            f"**{e['real_tokens_per_s_ratio']}x** | {e['s_per_step_random']} | {e['s_per_step_grouped']} | "
+            f"{e['val_acc_random']:.3f} ± {e['val_acc_stderr_random']:.3f} | "
+            f"{e['val_acc_grouped']:.3f} ± {e['val_acc_stderr_grouped']:.3f} | {e['mcnemar_p']} |")
+        within = abs(e["val_acc_grouped"] - e["val_acc_random"]) <= 2 * e["val_acc_stderr_random"]
+        speed = targets.get(task)
+        verdicts.append(
+            f"{task}: padded share <= 5 % {'met' if e['padded_share_grouped'] <= 0.05 else 'NOT met'}"
+            + (f"; tokens/s >= {speed}x {'met' if e['real_tokens_per_s_ratio'] >= speed else 'NOT met'}" if speed else "")
+            + f"; accuracy within 2 standard errors {'met' if within else 'NOT met'}.")
+    return "\n".join([*lines, "", "Targets: " + " ".join(verdicts)])
 
 
 def markdown(f: dict) -> str:

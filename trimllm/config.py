@@ -81,6 +81,9 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     batch_size: int = 8
     grad_accum: int = 1
+    # Batches of examples of about the same length, drawn in a seeded random order (trimllm.sft): random batches
+    # of prompts are mostly padding (SciQ, batch 8: 60 % of the positions). false = the Trainer's random batches.
+    group_by_length: bool = True
     steps_per_stage: int = 100
     # Steps of the stage that follows the last removal (recovery, the "healing" of Gromov et al. 2024 and
     # ShortGPT): the finished structure is what gets exported, so it may deserve more than one stage's share.

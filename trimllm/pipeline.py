@@ -26,8 +26,9 @@ from trimllm.prompts import mc_item
 from trimllm.schedules import SCHEDULES, StageContext
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.scoring.candidates import parse, remove_candidate
+from trimllm.sft import sft_examples
 from trimllm.surgery import freeze_blocks, get_plan
-from trimllm.train import last_checkpoint, mc_accuracy, sft_examples, train_stage
+from trimllm.train import last_checkpoint, mc_accuracy, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict:
                 logger.info(_summary(record))
         state.final = choose_final(state)
         finish(state, state.final)
+        if is_main():
+            logger.info("run: %d stages, final/ = stage %d | training %s", len(state.stages), state.final["stage"],
+                        _throughput(state.stages))
     barrier()
     return _run_plan(state, state.final)
 
@@ -187,9 +191,9 @@ def run_stage(state: RunState, pending: dict) -> dict:
     state.running = pending
     _write_run_plan(state, None)
     started = time.perf_counter()
-    state.model = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
-                              state.out / ".trainer" / f"stage_{stage:02d}", stage, state.out / "metrics.jsonl",
-                              resume=resume, steps=stage_steps(recipe, pending))
+    state.model, trained = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
+                                       state.out / ".trainer" / f"stage_{stage:02d}", stage,
+                                       state.out / "metrics.jsonl", resume=resume, steps=stage_steps(recipe, pending))
     training_s = time.perf_counter() - started
     started = time.perf_counter()
     val_acc = on_main(lambda: mc_accuracy(state.model, state.tokenizer, state.validation, recipe.scoring.batch_size,
@@ -207,6 +211,8 @@ def run_stage(state: RunState, pending: dict) -> dict:
         "val_acc": val_acc,
         "seconds": {"scoring": round(pending["scoring_s"], 2), "training": round(training_s, 2),
                     "evaluation": round(evaluation_s, 2)},
+        "tokens": {"real": trained.tokens_real, "padded": trained.tokens_padded},
+        "peak_memory_mb": round(trained.peak_memory_mb, 1),
         "dir": f"stage_{stage:02d}",
     }
     if is_main():
@@ -345,4 +351,13 @@ def _summary(record: dict) -> str:
     ranks = f"[{world_size()} processes] " if world_size() > 1 else ""
     return (f"{ranks}stage {record['stage']}: dropped {', '.join(record['dropped']) or '-'} | {record['blocks_kept']} blocks, "
             f"{record['params']:,} params | val acc {record['val_acc']:.4f} | scoring {seconds['scoring']:.0f}s, "
-            f"training {seconds['training']:.0f}s, eval {seconds['evaluation']:.0f}s")
+            f"training {seconds['training']:.0f}s, eval {seconds['evaluation']:.0f}s | {_throughput([record])}")
+
+
+def _throughput(stages: list[dict]) -> str:
+    """Training tokens (real / as computed with padding), real tokens/s and peak memory of some stages."""
+    real = sum(s["tokens"]["real"] for s in stages)
+    padded = sum(s["tokens"]["padded"] for s in stages)
+    seconds = sum(s["seconds"]["training"] for s in stages)
+    return (f"tokens {real:,} real / {padded:,} computed ({1 - real / max(padded, 1):.1%} padding), "
+            f"{real / max(seconds, 1e-9):,.0f} tokens/s, peak memory {max(s['peak_memory_mb'] for s in stages):,.0f} MB")

@@ -79,14 +79,17 @@ def stage_report(stages: list[dict], final: dict, recipe) -> str:
         f"freezing `{recipe.freeze.mode}`, {recipe.lora.method}, {recipe.train.steps_per_stage} steps per stage"
         + (f" ({recipe.train.final_stage_steps} after the last removal)." if recipe.train.final_stage_steps else "."),
         "",
-        "| stage | dropped | blocks kept | params | val acc | scoring s | training s | eval s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | dropped | blocks kept | params | val acc | scoring s | training s | eval s "
+        "| training tokens (real / computed) | padding | real tokens / s | peak memory MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stages:
-        sec = s["seconds"]
+        sec, tokens = s["seconds"], s["tokens"]
         mark = " **(final)**" if s["stage"] == final["stage"] else ""
         lines.append(f"| {s['stage']}{mark} | {', '.join(s['dropped']) or '-'} | {s['blocks_kept']} | {s['params']:,} | "
-                     f"{s['val_acc']:.4f} | {sec['scoring']} | {sec['training']} | {sec['evaluation']} |")
+                     f"{s['val_acc']:.4f} | {sec['scoring']} | {sec['training']} | {sec['evaluation']} | "
+                     f"{tokens['real']:,} / {tokens['padded']:,} | {1 - tokens['real'] / max(tokens['padded'], 1):.1%} | "
+                     f"{tokens['real'] / max(sec['training'], 1e-9):,.0f} | {s['peak_memory_mb']:,.0f} |")
     floor = f" (accuracy floor {final['floor']:.0%} of stage 0's {final['reference_val_acc']:.4f})" if final["floor"] else ""
     lines += ["", f"final/ = stage {final['stage']}{floor}.", "", "![loss](loss.png) ![accuracy](accuracy.png)", ""]
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 next surgery acts on plain weights) or full fine-tuning. A fresh Trainer, optimizer and scheduler per stage,
 because the model's structure changed since the last one.
 
-Supervised fine-tuning follows TrimLLM's setup: the prompt is the task's evaluation prompt, the target is the
-gold answer, and the loss is on the answer tokens only.
+The examples, the length-grouped sampler, the collator and the answer-only loss live in :mod:`trimllm.sft`; this
+module runs them on a Trainer and reports what a stage did (tokens real / padded, tokens/s, peak memory).
 """
 
 from __future__ import annotations
@@ -13,102 +13,146 @@ import copy
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from trimllm.architectures import get_layers
 from trimllm.config import Recipe
 from trimllm.distributed import barrier, is_main, on_main, world_size
 from trimllm.prompts import MCItem
-from trimllm.scoring.calibration import build_mc_batches, encode_item
-from trimllm.scoring.forward import choice_loglik, decoder, mc_inputs, mc_outcome
+from trimllm.scoring.calibration import build_mc_batches
+from trimllm.scoring.forward import choice_loglik, decoder, mc_inputs, mc_predictions
+from trimllm.sft import LengthGroupedSampler, SFTCollator, answer_loss, pad_id
 from trimllm.surgery import freeze_blocks, get_plan, unwrap
 
 logger = logging.getLogger(__name__)
 
 
-def sft_examples(tokenizer, items: list[MCItem], max_length: int) -> list[dict]:
-    """``input_ids`` = prompt + gold answer; ``labels`` = -100 on the prompt, the answer tokens otherwise."""
-    examples = []
-    for item in items:
-        context, continuations = encode_item(tokenizer, item, max_length)
-        answer = continuations[item.gold]
-        examples.append({"input_ids": context + answer, "labels": [-100] * len(context) + answer})
-    return examples
-
-
-class SFTCollator:
-    """Left-pads a list of examples into tensors; labels padded with -100.
-
-    Left padding puts every answer at the end of its row, so the LM head only needs the last
-    ``longest answer + 1`` positions (``logits_to_keep``): the loss is on answer tokens only, and computing
-    vocabulary logits for the prompt would be wasted work (a large share of a small model's compute: SmolLM2's
-    LM head is 28M of its 135M parameters). Position ids count from the first real token, so a left-padded row
-    gives the same logits as the row alone.
-    """
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        answer = 1
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, width - n:] = torch.tensor(f["input_ids"])
-            labels[row, width - n:] = torch.tensor(f["labels"])
-            mask[row, width - n:] = 1
-            answer = max(answer, n - next(i for i, t in enumerate(f["labels"]) if t != -100))
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-                "logits_to_keep": answer + 1}
-
-
-def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Cross-entropy of the answer tokens from the last ``logits_to_keep`` logits (see :class:`SFTCollator`),
-    summed and divided by the answer tokens of the whole accumulated (and, distributed, global) batch."""
-    logits = outputs.logits[:, :-1].float()
-    targets = labels[:, labels.shape[1] - logits.shape[1]:].to(logits.device)
-    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                       ignore_index=-100, reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else targets.ne(-100).sum()
-    return loss / count
+def mc_accuracy(model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 8, max_length: int = 512) -> float:
+    """Multiple-choice accuracy with lm-eval's rule (highest summed log-likelihood), on packed rows."""
+    return sum(mc_correct(model, tokenizer, items, batch_size, max_length)) / len(items)
 
 
 @torch.no_grad()
-def mc_accuracy(model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 8, max_length: int = 512) -> float:
-    """Multiple-choice accuracy with lm-eval's rule (highest summed log-likelihood), on packed rows."""
+def mc_correct(model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 8,
+               max_length: int = 512) -> list[bool]:
+    """Whether each item (in the order given) is answered right by lm-eval's rule, on packed rows: the per-item
+    outcomes that a paired comparison of two models on the same items needs."""
     model.eval()
-    correct = 0
+    correct = [False] * len(items)
     for batch in build_mc_batches(tokenizer, items, batch_size, pack=True, max_length=max_length):
         normed = decoder(model)(**mc_inputs(model, batch), use_cache=False).last_hidden_state
-        correct += mc_outcome(batch, choice_loglik(model, batch, normed))[0]
-    return correct / len(items)
+        for index, (predicted, gold, _) in zip(batch.indices, mc_predictions(batch, choice_loglik(model, batch, normed)),
+                                               strict=True):
+            correct[index] = predicted == gold
+    return correct
 
 
-def _metrics_callback(path: Path, stage: int):
-    from transformers import TrainerCallback
+class StageMetrics(TrainerCallback, ExportableState):
+    """Counts the stage's training tokens (real, and as computed with padding) and appends every log step to
+    metrics.jsonl (rank 0 only), tagged with the stage, with those counts, the real tokens/s of this session and
+    the peak memory. Its counts are saved in every Trainer checkpoint (``ExportableState``), so a resumed stage
+    counts on from where it stopped."""
 
-    class MetricsCallback(TrainerCallback):
-        """Append every log step to metrics.jsonl (rank 0 only), tagged with the stage."""
+    def __init__(self, path: str, stage: int, real: int = 0, padded: int = 0):
+        self.path, self.stage, self.real, self.padded = str(path), stage, real, padded
+        self._start = (time.perf_counter(), real)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and state.is_world_process_zero:
-                record = {"stage": stage, "step": state.global_step, "time": time.time(), **logs}
-                with path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+    def count(self, attention_mask: torch.Tensor, accelerator) -> None:
+        """Add one micro-batch of every process: its real tokens and its padded width x rows."""
+        counts = torch.tensor([int(attention_mask.sum()), attention_mask.numel()], device=attention_mask.device)
+        real, padded = accelerator.gather(counts).view(-1, 2).sum(0).tolist()
+        self.real += real
+        self.padded += padded
 
-    return MetricsCallback()
+    def tokens_per_s(self) -> float:
+        started, real = self._start
+        return (self.real - real) / max(time.perf_counter() - started, 1e-9)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = (time.perf_counter(), self.real)
+        reset_peak_memory()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            record = {"stage": self.stage, "step": state.global_step, "time": time.time(), **logs,
+                      "tokens_real": self.real, "tokens_padded": self.padded,
+                      "tokens_per_s": round(self.tokens_per_s(), 1), "peak_memory_mb": round(peak_memory_mb(), 1)}
+            with Path(self.path).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def state(self) -> dict:
+        return {"args": {"path": self.path, "stage": self.stage, "real": self.real, "padded": self.padded},
+                "attributes": {}}
+
+
+def peak_memory_mb() -> float:
+    """Peak memory since :func:`reset_peak_memory` (the stage's start): allocated CUDA memory on a GPU, else the
+    process's peak resident set (Linux ``VmHWM``; where it cannot be reset, the peak since the process began)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: loading and converting the model peak higher than training and are not the stage's."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set size (VmHWM)
+
+
+@dataclass
+class StageStats:
+    """What a stage's training did: tokens (real / as computed with padding), seconds, peak memory."""
+
+    tokens_real: int
+    tokens_padded: int
+    seconds: float
+    peak_memory_mb: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_real / max(self.seconds, 1e-9)
+
+
+class StageTrainer(Trainer):
+    """The Trainer with trimllm's two additions: length-grouped batches (:class:`trimllm.sft.LengthGroupedSampler`
+    in place of the random sampler, unless ``train.group_by_length`` is off) and token counting."""
+
+    def __init__(self, *args, group_by_length: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        args = self.args
+        group = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        return LengthGroupedSampler([len(e["input_ids"]) for e in dataset], group, seed=args.data_seed)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        metrics = next(c for c in self.callback_handler.callbacks if isinstance(c, StageMetrics))
+        metrics.count(inputs["attention_mask"], self.accelerator)
+        return super().training_step(model, inputs, num_items_in_batch)
 
 
 def callbacks(metrics_path: Path, stage: int) -> list:
     """The Trainer callbacks of a stage (the resume tests add one that kills the process)."""
-    return [_metrics_callback(metrics_path, stage)]
+    return [StageMetrics(metrics_path, stage)]
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:
@@ -121,8 +165,9 @@ def last_checkpoint(work_dir: Path) -> Path | None:
 
 
 def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recipe, work_dir: Path, stage: int,
-                metrics_path: Path, resume: bool = False, extra_callbacks: list = (), steps: int | None = None) -> nn.Module:
-    """Train ``model`` for one stage and return the plain (merged) model.
+                metrics_path: Path, resume: bool = False, extra_callbacks: list = (),
+                steps: int | None = None) -> tuple[nn.Module, StageStats]:
+    """Train ``model`` for one stage; return the plain (merged) model and what the training did.
 
     Frozen blocks (``plan.frozen``) get no trainable parameters: with LoRA their adapters are frozen, with full
     fine-tuning their weights. ``steps`` defaults to ``train.steps_per_stage``. ``extra_callbacks`` are added to the Trainer's (the benchmarks time steps). With ``resume``, training continues from the newest complete checkpoint in
@@ -131,7 +176,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     full-precision weights (see :func:`merge_into`). Under FSDP / DeepSpeed (``train.fsdp``, ``train.deepspeed``) a
     copy is trained and sharded; its gathered weights are applied to ``model`` (see :func:`_merge_gathered`).
     """
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     from trimllm.pld import ProgressiveLayerDrop, pld_callback
 
@@ -150,17 +195,21 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     if recipe.pld.enabled:
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
         stage_callbacks.append(pld_callback(pld, stage * cfg.steps_per_stage))
-    trainer = Trainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps), train_dataset=examples,
-                      data_collator=SFTCollator(_pad_id(tokenizer)), compute_loss_func=answer_loss,
-                      callbacks=stage_callbacks)
+    trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps),
+                           train_dataset=examples, data_collator=SFTCollator(pad_id(tokenizer)),
+                           compute_loss_func=answer_loss, callbacks=stage_callbacks,
+                           group_by_length=cfg.group_by_length)
     checkpoint = last_checkpoint(work_dir) if resume else None
     if checkpoint is not None:
         logger.info("stage %d: resuming from %s", stage, checkpoint)
+    started = time.perf_counter()
     with contextlib.ExitStack() as context:
         context.enter_context(_attention_kernels())
         if pld is not None:
             context.enter_context(pld)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    counts = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StageMetrics))  # resume replaces it
+    stats = StageStats(counts.real, counts.padded, time.perf_counter() - started, peak_memory_mb())
     if sharded:
         merged = _merge_gathered(model, trainee, trainer, recipe.lora.method)
     elif recipe.lora.method == "qlora":
@@ -174,7 +223,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     merged.trimllm_plan = plan
     for param in merged.parameters():
         param.requires_grad_(True)
-    return merged.eval()
+    return merged.eval(), stats
 
 
 def _attention_kernels():
@@ -226,6 +275,7 @@ def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | 
         fsdp_config=cfg.fsdp_config,
         deepspeed=cfg.deepspeed,
         remove_unused_columns=False,
+        restore_callback_states_from_checkpoint=True,  # StageMetrics' token counts continue on resume
         dataloader_num_workers=0,
         disable_tqdm=not is_main(),
     )
@@ -289,10 +339,6 @@ def _merge_gathered(model: nn.Module, trainee, trainer, method: str) -> nn.Modul
     adapters = on_main(lambda: {k: v.detach().cpu() for k, v in get_peft_model_state_dict(
         trainee, state_dict=gathered).items()})
     return merge_into(model, trainee.peft_config["default"], adapters, device)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _prepare(model: nn.Module, recipe: Recipe, frozen: list[int]) -> nn.Module:

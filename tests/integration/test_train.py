@@ -31,8 +31,11 @@ def run_tiny(tiny_dir, out, *overrides):
     return run(recipe)
 
 
+MEASURED = {"seconds", "peak_memory_mb"}  # a stage record's figures that depend on the machine, not the run
+
+
 def without_times(plan: dict) -> dict:
-    return {**plan, "stages": [{k: v for k, v in s.items() if k != "seconds"} for s in plan["stages"]]}
+    return {**plan, "stages": [{k: v for k, v in s.items() if k not in MEASURED} for s in plan["stages"]]}
 
 
 @pytest.mark.parametrize(
@@ -178,3 +181,21 @@ def test_rerun_removes_what_killed_atomic_writes_left_behind(tiny_dir, tmp_path)
     again = run_tiny(tiny_dir, out, "schedule.name=none")  # the same recipe: resumes (here: already finished)
     assert without_times(again) == without_times(first)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".trainer") == []
+
+
+def test_length_grouping_trains_the_same_tokens_with_less_padding_and_reports_them(tiny_dir, tmp_path, caplog):
+    one_epoch = ["schedule.name=none", "train.steps_per_stage=4"]  # 16 examples, batch 4
+    with caplog.at_level("INFO", logger="trimllm"):
+        grouped = run_tiny(tiny_dir, tmp_path / "grouped", *one_epoch)["stages"][0]
+    plain = run_tiny(tiny_dir, tmp_path / "random", *one_epoch, "train.group_by_length=false")["stages"][0]
+    assert grouped["tokens"]["real"] == plain["tokens"]["real"]  # the same examples, once each
+    assert grouped["tokens"]["real"] <= grouped["tokens"]["padded"] < plain["tokens"]["padded"]
+    assert grouped["peak_memory_mb"] > 0
+    metrics = [json.loads(line) for line in (tmp_path / "grouped" / "metrics.jsonl").read_text().splitlines()]
+    last = metrics[-1]
+    assert (last["tokens_real"], last["tokens_padded"]) == (grouped["tokens"]["real"], grouped["tokens"]["padded"])
+    assert last["tokens_per_s"] > 0 and last["peak_memory_mb"] > 0
+    report = (tmp_path / "grouped" / "report.md").read_text()
+    assert f"{grouped['tokens']['real']:,} / {grouped['tokens']['padded']:,}" in report
+    final_line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run: ")]
+    assert final_line and f"tokens {grouped['tokens']['real']:,} real / {grouped['tokens']['padded']:,} computed" in final_line[0]

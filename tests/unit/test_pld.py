@@ -11,7 +11,7 @@ import torch
 from tests.conftest import ARCHS, build_tiny, tiny_tokenizer
 from trimllm.architectures import get_layers
 from trimllm.pld import ProgressiveLayerDrop, keep_probability, theta
-from trimllm.train import SFTCollator, answer_loss
+from trimllm.sft import SFTCollator, answer_loss
 
 
 def test_schedule_matches_the_formula():

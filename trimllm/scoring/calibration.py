@@ -60,6 +60,7 @@ class MCBatch:
     target_choice: torch.Tensor
     item_choices: list[int] = field(default_factory=list)  # number of choices of each item, in order
     gold: list[int] = field(default_factory=list)  # gold choice of each item
+    indices: list[int] = field(default_factory=list)  # each item's position in the list the batches were built from
 
     @property
     def n_choices(self) -> int:
@@ -82,26 +83,30 @@ def build_mc_batches(
     """Tokenize items into batches of about ``batch_size`` rows, never splitting an item across batches.
 
     ``pack=True`` gives one row per item (context once, then every choice); ``pack=False`` gives one row per
-    (item, choice), as lm-eval does.
+    (item, choice), as lm-eval does. Items are batched longest first, so that a batch holds rows of about the same
+    length and computes little padding (lm-eval sorts its requests the same way); every consumer sums over items,
+    so the order does not change a result.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     groups = []  # per item: its rows, each a list of segments (context first)
     for item in items:
         context, continuations = encode_item(tokenizer, item, max_length)
         groups.append([[context, *continuations]] if pack else [[context, c] for c in continuations])
+    order = sorted(range(len(items)), key=lambda i: -max(sum(map(len, row)) for row in groups[i]))
     batches, current, current_items = [], [], []
-    for item, rows in zip(items, groups, strict=True):
-        if current and len(current) + len(rows) > batch_size:
-            batches.append(_collate(current, current_items, pad_id))
+    for index in order:
+        if current and len(current) + len(groups[index]) > batch_size:
+            batches.append(_collate(current, current_items, items, pad_id))
             current, current_items = [], []
-        current += rows
-        current_items.append(item)
+        current += groups[index]
+        current_items.append(index)
     if current:
-        batches.append(_collate(current, current_items, pad_id))
+        batches.append(_collate(current, current_items, items, pad_id))
     return batches
 
 
-def _collate(rows: list[list[list[int]]], items: list[MCItem], pad_id: int) -> MCBatch:
+def _collate(rows: list[list[list[int]]], indices: list[int], all_items: list[MCItem], pad_id: int) -> MCBatch:
+    items = [all_items[i] for i in indices]
     width = max(sum(len(s) for s in segments) for segments in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros_like(ids)
@@ -138,6 +143,7 @@ def _collate(rows: list[list[list[int]]], items: list[MCItem], pad_id: int) -> M
         target_choice=torch.tensor(target_choice),
         item_choices=[len(i.choices) for i in items],
         gold=[i.gold for i in items],
+        indices=indices,
     )
 
 
@@ -181,7 +187,10 @@ def _as_mask(allowed: torch.Tensor, config, dtype: torch.dtype) -> torch.Tensor:
 
 
 def build_lm_batches(tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 1024) -> list[dict]:
-    """Right-padded language-modelling batches with ``labels`` (-100 on padding)."""
+    """Right-padded language-modelling batches with ``labels`` (-100 on padding), texts batched longest first (less
+    padding; the scorers sum over tokens, so the order does not change a score)."""
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length).input_ids]
+    texts = [texts[i] for i in sorted(range(len(texts)), key=lambda i: -lengths[i])]
     batches = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(

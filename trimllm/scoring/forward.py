@@ -132,13 +132,22 @@ def sum_choice_logprobs(batch: MCBatch, logits_at_targets: torch.Tensor) -> torc
 
 def mc_outcome(batch: MCBatch, loglik: torch.Tensor) -> tuple[int, float]:
     """Number of items whose highest-scoring choice is gold, and the sum of the gold choices' log-likelihoods."""
-    correct, gold_ll, offset = 0, 0.0, 0
+    correct, gold_ll = 0, 0.0
+    for predicted, gold, scores in mc_predictions(batch, loglik):
+        correct += int(predicted == gold)
+        gold_ll += float(scores[gold])
+    return correct, gold_ll
+
+
+def mc_predictions(batch: MCBatch, loglik: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+    """Per item of the batch, in batch order: (predicted choice, gold choice, the choices' log-likelihoods);
+    the prediction is lm-eval's ``acc`` rule, the choice of highest summed log-likelihood."""
+    out, offset = [], 0
     for n, gold in zip(batch.item_choices, batch.gold, strict=True):
         scores = loglik[offset : offset + n]
-        correct += int(int(torch.argmax(scores)) == gold)
-        gold_ll += float(scores[gold])
+        out.append((int(torch.argmax(scores)), gold, scores))
         offset += n
-    return correct, gold_ll
+    return out
 
 
 def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, normed: bool = False,
