@@ -14,17 +14,16 @@ Saves benchmarks/inference.json and a section of BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from trimllm.bench import command_line, compare, environment_line, publish, shown_path, table, write_section
+from _common import ROOT, command_line, environment_line, parser, publish, shown_path, write_section
+
+from trimllm.bench import compare, table
 from trimllm.export import save_compressed
 from trimllm.modeling import cache_root, load_model
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.surgery import drop_blocks
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def trimmed_models(model_name: str, fractions: list[float], data: str) -> dict[float, Path]:
@@ -47,18 +46,13 @@ def trimmed_models(model_name: str, fractions: list[float], data: str) -> dict[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--fractions", default="0.25,0.5")
-    parser.add_argument("--data", default="sciq")
-    parser.add_argument("--prompt-len", type=int, default=512)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "inference.json")
-    parser.add_argument("--section", default="Inference speed of exported models")
-    parser.add_argument("--render-only", action="store_true", help="Re-write BENCHMARKS.md from --out, measure nothing.")
-    args = parser.parse_args()
+    options = parser(__doc__, "inference.json", "Inference speed of exported models")
+    options.add_argument("--fractions", default="0.25,0.5")
+    options.add_argument("--data", default="sciq")
+    options.add_argument("--prompt-len", type=int, default=512)
+    options.add_argument("--new-tokens", type=int, default=128)
+    options.add_argument("--repeats", type=int, default=5)
+    args = options.parse_args()
     if args.render_only:
         write_section(ROOT / "BENCHMARKS.md", args.section, markdown(json.loads(args.out.read_text())))
         return

@@ -16,23 +16,15 @@ Saves benchmarks/scan.json and a section of BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
 import json
-import platform
 import time
-from pathlib import Path
 
-import torch
-import transformers
+from _common import ROOT, command_line, environment, environment_line, parser, publish, write_section
 
-from trimllm.bench import command_line, publish, write_section
 from trimllm.modeling import load_model
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.scoring.candidates import remove_candidate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def scan(model, tokenizer, calibration, granularity: str, **options):
@@ -42,21 +34,16 @@ def scan(model, tokenizer, calibration, granularity: str, **options):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", default="sciq")
-    parser.add_argument("--n-calib", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--proxy", default="task_accuracy", help="proxy scorer (task_accuracy = exact scan on a subset)")
-    parser.add_argument("--proxy-fraction", type=float, default=0.25, help="share of the questions the task_accuracy proxy scans")
-    parser.add_argument("--proxy-k", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "scan.json")
-    parser.add_argument("--section", default="Calibration scan")
-    parser.add_argument("--render-only", action="store_true", help="Re-write BENCHMARKS.md from --out, measure nothing.")
-    args = parser.parse_args()
+    options = parser(__doc__, "scan.json", "Calibration scan")
+    options.add_argument("--data", default="sciq")
+    options.add_argument("--n-calib", type=int, default=16)
+    options.add_argument("--max-length", type=int, default=256)
+    options.add_argument("--batch-size", type=int, default=16)
+    options.add_argument("--proxy", default="task_accuracy", help="proxy scorer (task_accuracy = exact scan on a subset)")
+    options.add_argument("--proxy-fraction", type=float, default=0.25, help="share of the questions the task_accuracy proxy scans")
+    options.add_argument("--proxy-k", type=int, default=8)
+    options.add_argument("--steps", type=int, default=10)
+    args = options.parse_args()
     if args.render_only:
         write_section(ROOT / "BENCHMARKS.md", args.section, markdown(json.loads(args.out.read_text())))
         return
@@ -99,9 +86,7 @@ def main() -> None:
             "model": args.model, "data": args.data, "n_calib": args.n_calib, "max_length": args.max_length,
             "batch_size": args.batch_size, "proxy": args.proxy, "proxy_k": args.proxy_k,
             "proxy_fraction": args.proxy_fraction,
-            "device": str(next(model.parameters()).device), "dtype": str(next(model.parameters()).dtype),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "transformers": transformers.__version__, "date": str(datetime.date.today()),
+            **environment(model),
             "command": command_line("bench_scan.py", args),
         },
     )
@@ -111,8 +96,7 @@ def main() -> None:
 def markdown(f: dict) -> str:
     s = f["setup"]
     lines = [
-        f"Command: `{s['command']}` ({s['date']}, {s['device']} {s['dtype']}, {s['machine']}, torch {s['torch']}, "
-        f"transformers {s['transformers']}). Figures in `benchmarks/scan.json`.",
+        f"Command: `{s['command']}` ({environment_line(s)}). Figures in `benchmarks/scan.json`.",
         "",
         f"TrimLLM `task_accuracy` scan of {s['model']} on {s['n_calib']} {s['data']} train-side questions "
         f"(contexts cut to {s['max_length']} tokens), one run:",

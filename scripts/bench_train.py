@@ -22,7 +22,6 @@ Saves benchmarks/train.json (top-level pld_time_per_sample_ratio; "length_groupi
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -31,20 +30,31 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import (
+    ROOT,
+    command_line,
+    environment,
+    environment_line,
+    parser,
+    publish,
+    write_json,
+    write_section,
+)
 from transformers import TrainerCallback
 
-from trimllm.bench import command_line, environment, environment_line, publish, write_json, write_section
 from trimllm.config import Recipe
 from trimllm.data import train_side_splits
 from trimllm.modeling import load_model
+from trimllm.multiple_choice import mc_correct
 from trimllm.pld import keep_probability
 from trimllm.prompts import mc_item
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.sft import sft_examples
 from trimllm.surgery import drop_blocks
-from trimllm.train import mc_correct, train_stage
+from trimllm.train import train_stage
 
-ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"throughput": "Training throughput and Progressive Layer Dropping",
+            "length_grouping": "Training throughput: length-grouped batches"}
 
 
 class StepTimer(TrainerCallback):
@@ -75,32 +85,36 @@ def seconds_per_step(model, tokenizer, examples, recipe: Recipe, warmup: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data", default="sciq")
-    parser.add_argument("--n-train", type=int, default=128)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--removed", default="0,4,8,12,15", help="blocks removed, one configuration each")
-    parser.add_argument("--repeats", type=int, default=3, help="PLD on/off pairs")
-    parser.add_argument("--theta-bar", type=float, default=0.5)
-    parser.add_argument("--pld-gamma", type=float, default=10.0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "train.json")
-    parser.add_argument("--section", default=None, help="BENCHMARKS.md section (default: the part's own)")
-    parser.add_argument("--part", choices=["throughput", "length_grouping"], default="throughput",
+    options = parser(__doc__, "train.json", None)
+    options.add_argument("--data", default="sciq")
+    options.add_argument("--n-train", type=int, default=128)
+    options.add_argument("--max-length", type=int, default=256)
+    options.add_argument("--batch-size", type=int, default=8)
+    options.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
+    options.add_argument("--warmup", type=int, default=2)
+    options.add_argument("--removed", default="0,4,8,12,15", help="blocks removed, one configuration each")
+    options.add_argument("--repeats", type=int, default=3, help="PLD on/off pairs")
+    options.add_argument("--theta-bar", type=float, default=0.5)
+    options.add_argument("--pld-gamma", type=float, default=10.0)
+    options.add_argument("--part", choices=["throughput", "length_grouping"], default="throughput",
                         help="throughput: depths and PLD; length_grouping: random vs length-grouped batches")
-    parser.add_argument("--grouping-tasks", default="sciq:1000:8,financial_phrasebank:1500:16",
+    options.add_argument("--grouping-tasks", default="sciq:1000:8,financial_phrasebank:1500:16",
                         help="data set:train-side examples:batch, one side-by-side comparison each")
-    parser.add_argument("--grouping-steps", type=int, default=24, help="optimizer steps of each run")
-    parser.add_argument("--n-validation", type=int, default=200, help="train-side validation items (grouping)")
-    args = parser.parse_args()
+    options.add_argument("--grouping-steps", type=int, default=24, help="optimizer steps of each run")
+    options.add_argument("--n-validation", type=int, default=200, help="train-side validation items (grouping)")
+    args = options.parse_args()
+    args.section = args.section or SECTIONS[args.part]
+    if args.render_only:
+        render = grouping_markdown if args.part == "length_grouping" else markdown
+        write_section(ROOT / "BENCHMARKS.md", args.section, render(json.loads(args.out.read_text())))
+        return
     if args.part == "length_grouping":
         return length_grouping(args)
-    args.section = args.section or "Training throughput and Progressive Layer Dropping"
+    throughput(args)
 
+
+def throughput(args) -> None:
+    """Seconds per step as blocks are removed, and PLD on vs off, alternating."""
     model, tokenizer = load_model(args.model, device=args.device)
     splits = train_side_splits(args.data, 16, 16, 0, args.n_train)
     examples = sft_examples(tokenizer, [mc_item(args.data, r) for r in splits["train"]], args.max_length)
@@ -196,7 +210,7 @@ def length_grouping(args) -> None:
     write_json(args.out, figures)
     body = grouping_markdown(figures)
     print(body)
-    write_section(ROOT / "BENCHMARKS.md", args.section or "Training throughput: length-grouped batches", body)
+    write_section(ROOT / "BENCHMARKS.md", args.section, body)
 
 
 def grouping_entry(random_run: dict, grouped_run: dict, examples: int, batch: int, steps: int) -> dict:

@@ -8,35 +8,28 @@ Saves the lm-eval results next to the markdown (``<out>.json``).
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import platform
 import time
-from pathlib import Path
 
 import lm_eval
-import torch
-import transformers
+from _common import ROOT, command_line, environment, environment_line, parser
 
+from trimllm.atomic import write_text_atomic
 from trimllm.evaluation import domain_scores, evaluate, results_table
 from trimllm.modeling import load_model
 from trimllm.plan import count_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--domain-tasks", default="sciq,fpb")
-    parser.add_argument("--domain-limit", type=int, default=None, help="None = the whole test split")
-    parser.add_argument("--general-limit", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=ROOT / "eval" / "BASELINES.md")
-    args = parser.parse_args()
+    options = parser(__doc__, "unused", "unused")
+    options.set_defaults(out=ROOT / "eval" / "BASELINES.md")
+    options.add_argument("--domain-tasks", default="sciq,fpb")
+    options.add_argument("--domain-limit", type=int, default=None, help="None = the whole test split")
+    options.add_argument("--general-limit", type=int, default=500)
+    options.add_argument("--batch-size", type=int, default=16)
+    args = options.parse_args()
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
     runs = [(args.domain_tasks.split(","), args.domain_limit), (["general"], args.general_limit)]
     merged: dict = {"results": {}, "n-samples": {}, "groups": {}}
     seconds = 0.0
@@ -48,18 +41,13 @@ def main() -> None:
             merged[key].update(results.get(key, {}))
 
     general = domain_scores(merged).get("general", (float("nan"), 0))[0]
-    command = (
-        f"python scripts/eval_baselines.py --model {args.model} --domain-tasks {args.domain_tasks} "
-        f"--general-limit {args.general_limit} --batch-size {args.batch_size}"
-        + (f" --domain-limit {args.domain_limit}" if args.domain_limit else "")
-    )
+    command = command_line("eval_baselines.py", args)
     text = "\n".join(
         [
             f"# Zero-shot baselines: {args.model}",
             "",
-            f"Measured {datetime.date.today()} on {platform.machine()} CPU ({torch.get_num_threads()} threads), "
-            f"float32, {count_parameters(model):,} parameters; torch {torch.__version__}, "
-            f"transformers {transformers.__version__}, lm-eval {lm_eval.__version__}; {seconds / 60:.1f} min.",
+            f"Measured {environment_line(environment(model))}, lm-eval {lm_eval.__version__}; "
+            f"{count_parameters(model):,} parameters; {seconds / 60:.1f} min.",
             "",
             "Command:",
             "",
@@ -75,8 +63,8 @@ def main() -> None:
             "",
         ]
     )
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(merged, indent=2, default=str))
+    write_text_atomic(args.out, text)
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps(merged, indent=2, default=str))
     print(text)
 
 

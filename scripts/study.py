@@ -28,7 +28,6 @@ interrupted study loses at most the run in progress and ``--resume`` continues i
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -36,13 +35,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from trimllm.bench import command_line, environment_line, publish, shown_path, write_json, write_section
+from _common import (
+    ROOT,
+    command_line,
+    environment,
+    environment_line,
+    parser,
+    publish,
+    shown_path,
+    write_json,
+    write_section,
+)
+
 from trimllm.config import load_recipe
 from trimllm.evaluation import domain_scores, evaluate
 from trimllm.modeling import load_model
 from trimllm.pipeline import run
 
-ROOT = Path(__file__).resolve().parents[1]
 EVAL_TASK = {"sciq": "trimllm_sciq", "financial_phrasebank": "trimllm_fpb"}
 
 
@@ -118,22 +127,19 @@ def _mean_stderr(results: dict) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="one model, or several separated by commas")
-    parser.add_argument("--tasks", default="sciq,financial_phrasebank")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--budget-steps", type=int, default=32)
-    parser.add_argument("--stages", type=int, default=3, help="removal stages of the progressive runs")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--n-validation", type=int, default=64)
-    parser.add_argument("--domain-limit", type=int, default=200)
-    parser.add_argument("--general-limit", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "study.json")
-    parser.add_argument("--section", default="Compute-matched study (CPU)", help="the BENCHMARKS.md section it writes")
-    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out and do the rest")
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args()
+    options = parser(__doc__, "study.json", "Compute-matched study (CPU)")
+    options.set_defaults(model="smollm2-135m")  # one model, or several separated by commas
+    options.add_argument("--tasks", default="sciq,financial_phrasebank")
+    options.add_argument("--seeds", default="0")
+    options.add_argument("--budget-steps", type=int, default=32)
+    options.add_argument("--stages", type=int, default=3, help="removal stages of the progressive runs")
+    options.add_argument("--batch-size", type=int, default=8)
+    options.add_argument("--max-length", type=int, default=256)
+    options.add_argument("--n-validation", type=int, default=64)
+    options.add_argument("--domain-limit", type=int, default=200)
+    options.add_argument("--general-limit", type=int, default=30)
+    options.add_argument("--resume", action="store_true", help="keep the runs already in --out and do the rest")
+    args = options.parse_args()
     if args.render_only:
         figures = json.loads(args.out.read_text())
         write_section(ROOT / "BENCHMARKS.md", args.section, markdown(figures))
@@ -184,8 +190,6 @@ def _previous(args) -> dict:
 def _environment(model) -> dict:
     import lm_eval
     import peft
-
-    from trimllm.bench import environment
 
     return {**environment(model), "peft": peft.__version__, "lm_eval": lm_eval.__version__}
 

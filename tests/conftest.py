@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Keep caches inside the checkout (the Makefile sets the same; this covers a bare `pytest`).
 os.environ.setdefault("TRIMLLM_CACHE", str(ROOT / ".cache" / "trimllm"))
 os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "trimllm" / "huggingface"))
+sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark scripts import their shared helper as `_common`
 
 import torch  # noqa: E402
 

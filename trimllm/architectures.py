@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from trimllm.registry import did_you_mean
@@ -106,3 +107,27 @@ def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
 def set_submodule(root: nn.Module, dotted: str, value: nn.Module) -> None:
     parent, _, name = dotted.rpartition(".")
     setattr(get_submodule(root, parent) if parent else root, name, value)
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack without its LM head (``model.model`` for the supported families)."""
+    model = unwrap(model)
+    return get_submodule(model, get_arch(model).layers_path.rpartition(".")[0])
+
+
+def final_norm(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    model = unwrap(model)
+    return get_submodule(model, get_arch(model).final_norm)(hidden)
+
+
+def lm_logits(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """LM-head logits of already-normed hidden states (with the family's final soft-capping, if any)."""
+    model = unwrap(model)
+    logits = model.get_output_embeddings()(normed).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,5 +1,6 @@
-"""Shared pieces of the benchmark scripts: the machine description every figure is reported with, and writing a
-section of BENCHMARKS.md."""
+"""Speed and memory of models, side by side: prefill and decode timing, peak memory in a fresh process, and the
+table of ratios against the weight-traffic bound (``trimllm bench`` and ``scripts/bench_inference.py``), and the
+machine description every figure is reported with."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-from trimllm.export import write_text_atomic
 
 
 def environment(model: nn.Module) -> dict:
@@ -32,44 +31,6 @@ def environment(model: nn.Module) -> dict:
 def environment_line(env: dict) -> str:
     return (f"{env['date']}, {env['device']} {env['dtype']}, {env['machine']}, torch {env['torch']}, "
             f"transformers {env['transformers']}")
-
-
-def command_line(script: str, args, skip: tuple = ("out", "render_only", "section")) -> str:
-    """The command that reproduces a run: ``python scripts/<script>`` with every option given or defaulted."""
-    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                       if k not in skip and v is not None and v is not False)
-    return f"python scripts/{script} {options}"
-
-
-def shown_path(path: Path, root: Path) -> str:
-    """``path`` relative to the checkout ``root`` when inside it (what a reader of BENCHMARKS.md can open)."""
-    path = Path(path).resolve()
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
-def publish(figures: dict, json_path: Path, markdown_path: Path, title: str, body: str) -> None:
-    """Save the figures as JSON, print the markdown and make it the ``title`` section of ``markdown_path``."""
-    write_json(json_path, figures)
-    print(body)
-    write_section(markdown_path, title, body)
-
-
-def write_json(path: Path, figures: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(figures, indent=2) + "\n")
-
-
-def write_section(path: Path, title: str, body: str) -> None:
-    """Replace (or append) the ``## title`` section of a markdown file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here is produced by a script under scripts/.\n"
-    header = f"## {title}\n"
-    if header in text:
-        before, rest = text.split(header, 1)
-        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
-        text = before + header + "\n" + body + "\n\n" + after
-    else:
-        text = text.rstrip() + "\n\n" + header + "\n" + body + "\n"
-    write_text_atomic(path, text)
 
 
 def sync(device: torch.device | str) -> None:

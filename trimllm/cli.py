@@ -5,6 +5,7 @@ Each subcommand is a thin wrapper over one library function, so everything the C
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -37,7 +38,7 @@ def _parse_indices(text: str | None, flag: str) -> list[int]:
 @app.command()
 def info(model: ModelArg, dtype: DtypeOpt = "auto") -> None:
     """Print the model's family, blocks, parameters and per-block types."""
-    from trimllm.summary import describe, load_for_cli
+    from trimllm.summary import describe
 
     loaded, _ = load_for_cli(model, dtype)
     typer.echo(describe(loaded))
@@ -63,7 +64,7 @@ def drop(
         raise typer.BadParameter(f"{out} is not empty; choose another directory or pass --overwrite", param_hint="--out")
 
     from trimllm.export import save_compressed
-    from trimllm.summary import describe, load_for_cli
+    from trimllm.summary import describe
     from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks, get_plan
 
     loaded, tokenizer = load_for_cli(model, dtype)
@@ -109,9 +110,6 @@ def eval_command(
     if log_samples and out is None:
         raise typer.BadParameter("--log-samples needs --out", param_hint="--log-samples")
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
-
-    from trimllm.summary import load_for_cli
-
     loaded, tokenizer = load_for_cli(model, dtype)
     results = evaluate(loaded, tokenizer, names, limit=limit_value, batch_size=batch_size,
                        num_fewshot=num_fewshot, log_samples=log_samples)
@@ -138,12 +136,42 @@ def score(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Score every block (or half) of a model: higher = more important."""
+    names = [s for s in scorer.split(",") if s]
+    problems = _score_problems(names, data, granularity, proxy, proxy_k, proxy_fraction)
+    if problems:
+        raise typer.BadParameter("; ".join(problems), param_hint="--scorer/--data/--granularity")
+
+    from trimllm.report import write_scores
+    from trimllm.scoring import CalibrationSet, run_scorer, scorer_options
+
+    try:
+        calibration = CalibrationSet.from_dataset(data, n_calib, seed=seed)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err), param_hint="--data/--n-calib") from None
+    loaded, tokenizer = load_for_cli(model, dtype)
+    settings = {"n": angular_n}
+    if proxy_k:
+        settings.update(proxy=proxy, proxy_k=proxy_k, proxy_fraction=proxy_fraction)
+    results = []
+    for name in names:
+        result = run_scorer(name, loaded, tokenizer, calibration, granularity=granularity, batch_size=batch_size,
+                            seed=seed, **scorer_options(name, **settings))
+        typer.echo(f"{name}: least important {', '.join(c for c, _ in result.ranked()[:5])} ({result.meta['seconds']:.1f} s)")
+        results.append(result)
+    meta = {"model": model, "dataset": data, "n_calib": n_calib, "seed": seed, "granularity": granularity,
+            "calibration_uids": calibration.uids}
+    write_scores(results, meta, out)
+    typer.echo(f"Scores written to {out}")
+
+
+def _score_problems(names: list[str], data: str, granularity: str, proxy: str, proxy_k: int | None,
+                    proxy_fraction: float) -> list[str]:
+    """Every problem with `trimllm score`'s options at once, before the model loads."""
     from trimllm.data import get_spec
     from trimllm.prompts import supported
     from trimllm.scoring import SCORERS
     from trimllm.scoring.candidates import GRANULARITIES
 
-    names = [s for s in scorer.split(",") if s]
     problems = []
     if not 0 < proxy_fraction <= 1:
         problems.append(f"--proxy-fraction must be in (0, 1], got {proxy_fraction}")
@@ -160,30 +188,20 @@ def score(
             problems.append(f"--data {data!r} has no multiple-choice prompt; use one of {', '.join(supported())}")
     except ValueError as err:
         problems.append(str(err))
-    if problems:
-        raise typer.BadParameter("; ".join(problems), param_hint="--scorer/--data/--granularity")
+    return problems
 
-    from trimllm.report import write_scores
-    from trimllm.scoring import CalibrationSet, run_scorer
-    from trimllm.summary import load_for_cli
+
+def load_for_cli(spec: str, dtype: str, device: str | None = None):
+    """``load_model`` with its errors turned into a one-line CLI error."""
+    from trimllm.architectures import UnsupportedArchitectureError, get_arch
+    from trimllm.modeling import ModelLoadError, load_model
 
     try:
-        calibration = CalibrationSet.from_dataset(data, n_calib, seed=seed)
-    except (ValueError, FileNotFoundError) as err:
-        raise typer.BadParameter(str(err), param_hint="--data/--n-calib") from None
-    loaded, tokenizer = load_for_cli(model, dtype)
-    options = {"batch_size": batch_size, "seed": seed, "n": angular_n}
-    if proxy_k:
-        options.update(proxy=proxy, proxy_k=proxy_k, proxy_fraction=proxy_fraction)
-    results = []
-    for name in names:
-        result = run_scorer(name, loaded, tokenizer, calibration, granularity=granularity, **options)
-        typer.echo(f"{name}: least important {', '.join(c for c, _ in result.ranked()[:5])} ({result.meta['seconds']:.1f} s)")
-        results.append(result)
-    meta = {"model": model, "dataset": data, "n_calib": n_calib, "seed": seed, "granularity": granularity,
-            "calibration_uids": calibration.uids}
-    write_scores(results, meta, out)
-    typer.echo(f"Scores written to {out}")
+        model, tokenizer = load_model(spec, dtype=dtype, device=device)
+        get_arch(model)
+    except (ModelLoadError, UnsupportedArchitectureError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="MODEL") from None
+    return model, tokenizer
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/smoke.yaml.")]
@@ -247,7 +265,8 @@ def bench(
 ) -> None:
     """Prefill / decode speed, peak memory and parameters of trimmed models against the original, with each
     ratio next to the weight-traffic bound (params_original / params_trimmed)."""
-    from trimllm.bench import compare, table, write_json
+    from trimllm.atomic import write_text_atomic
+    from trimllm.bench import compare, table
 
     try:
         sizes = tuple(int(b) for b in batches.split(",") if b)
@@ -260,7 +279,6 @@ def bench(
         raise typer.BadParameter("; ".join(problems), param_hint="options")
     if out is not None and out.suffix != ".json":
         raise typer.BadParameter(f"--out is a JSON file path, got {out}", param_hint="--out")
-    from trimllm.summary import load_for_cli
 
     # Load every model first: a bad spec gets one clear error before the (long) timing runs.
     loaded = {spec: load_for_cli(spec, dtype, device)[0] for spec in models}
@@ -268,7 +286,8 @@ def bench(
                       repeats=repeats, log=lambda line: typer.echo(line, err=True), models=loaded)
     typer.echo(table(results))
     if out is not None:
-        write_json(out, results)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
         typer.echo(f"\nSaved to {out}")
 
 

@@ -224,21 +224,34 @@ def _type_name(hint) -> str:
 
 def semantic_problems(recipe: Recipe) -> list[str]:
     """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
-    from trimllm.data import DataNotFoundError, get_spec, load_side
-    from trimllm.prompts import supported
+    return _name_problems(recipe) + _range_problems(recipe) + _data_problems(recipe)
+
+
+def _name_problems(recipe: Recipe) -> list[str]:
+    """Plug-in names, checked against their registries (the folders' plug-ins)."""
+    from trimllm.freezing import FREEZING
+    from trimllm.methods import METHODS
     from trimllm.schedules import SCHEDULES
     from trimllm.scoring import SCORERS
     from trimllm.scoring.candidates import GRANULARITIES
 
-    problems = []
+    named = [("scoring.scorer", recipe.scoring.scorer, SCORERS), ("scoring.proxy", recipe.scoring.proxy, SCORERS),
+             ("schedule.name", recipe.schedule.name, SCHEDULES), ("freeze.mode", recipe.freeze.mode, FREEZING),
+             ("lora.method", recipe.lora.method, METHODS)]
+    problems = [f"{key} {value!r} unknown.{did_you_mean(value, registry.names())} Available: {', '.join(registry.names())}"
+                for key, value, registry in named if value not in registry]
+    if recipe.scoring.granularity not in GRANULARITIES:
+        problems.append(f"scoring.granularity must be one of {GRANULARITIES}")
+    return problems
+
+
+def _range_problems(recipe: Recipe) -> list[str]:
+    """Numbers in their ranges, and at least one stop rule for the schedules that need one."""
+    from trimllm.distributed import world_size
+
+    processes, floor = world_size(), recipe.stop.accuracy_floor
     checks = [
-        (recipe.scoring.scorer in SCORERS, f"scoring.scorer {recipe.scoring.scorer!r} unknown.{did_you_mean(recipe.scoring.scorer, SCORERS.names())} Available: {', '.join(SCORERS.names())}"),
-        (recipe.scoring.proxy in SCORERS, f"scoring.proxy {recipe.scoring.proxy!r} unknown.{did_you_mean(recipe.scoring.proxy, SCORERS.names())} Available: {', '.join(SCORERS.names())}"),
         (0 < recipe.scoring.proxy_fraction <= 1, f"scoring.proxy_fraction = {recipe.scoring.proxy_fraction} must be in (0, 1]"),
-        (recipe.schedule.name in SCHEDULES, f"schedule.name {recipe.schedule.name!r} unknown.{did_you_mean(recipe.schedule.name, SCHEDULES.names())} Available: {', '.join(SCHEDULES.names())}"),
-        (recipe.scoring.granularity in GRANULARITIES, f"scoring.granularity must be one of {GRANULARITIES}"),
-        (recipe.freeze.mode in ("none", "static", "progtuning", "contribution"), f"freeze.mode {recipe.freeze.mode!r} must be none, static, progtuning or contribution"),
-        (recipe.lora.method in ("lora", "qlora", "full"), f"lora.method {recipe.lora.method!r} must be lora, qlora or full"),
         (0 < recipe.pld.theta_bar <= 1 and recipe.pld.gamma >= 0, f"pld.theta_bar = {recipe.pld.theta_bar} must be in (0, 1] and pld.gamma = {recipe.pld.gamma} >= 0"),
         (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
         (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
@@ -248,46 +261,44 @@ def semantic_problems(recipe: Recipe) -> list[str]:
          "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
         (recipe.train.lr > 0, "train.lr must be > 0"),
         (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
+        (recipe.train.batch_size % processes == 0, f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by the {processes} processes of this launch"),
+        (floor is None or 0 < floor <= 1, f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"),
     ]
-    from trimllm.distributed import world_size
-
-    processes = world_size()
-    checks.append((recipe.train.batch_size % processes == 0, f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by the {processes} processes of this launch"))
     for name in ("target_fraction", "target_params_fraction"):
         value = getattr(recipe.stop, name)
         checks.append((value is None or 0 < value < 1, f"stop.{name} = {value} must be in (0, 1): a share of the model to remove"))
-    floor = recipe.stop.accuracy_floor
-    checks.append((floor is None or 0 < floor <= 1, f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"))
     if recipe.schedule.name not in ("none", "oneshot"):
         stops = (recipe.stop.target_fraction, recipe.stop.target_params_fraction, recipe.stop.max_modules, floor)
         checks.append((any(s is not None for s in stops), "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"))
     if recipe.schedule.name == "oneshot":
         checks.append((recipe.stop.target_fraction is not None, "schedule oneshot needs stop.target_fraction"))
-    problems += [message for ok, message in checks if not ok]
+    return [message for ok, message in checks if not ok]
+
+
+def _data_problems(recipe: Recipe) -> list[str]:
+    """The data set exists, has a prompt and a train side large enough for the sizes asked (no test item used)."""
+    from trimllm.data import DataNotFoundError, get_spec, load_side
+    from trimllm.prompts import supported
+
+    task = recipe.data.task
     try:
-        get_spec(recipe.data.task)
+        get_spec(task)
     except ValueError as err:
-        return problems + [f"data.task: {err}"]
-    if recipe.data.task not in supported():
-        problems.append(f"data.task {recipe.data.task!r} has no prompt format; use one of {', '.join(supported())}")
-        return problems
+        return [f"data.task: {err}"]
+    if task not in supported():
+        return [f"data.task {task!r} has no prompt format; use one of {', '.join(supported())}"]
     try:
-        train_side = len(load_side(recipe.data.task, "train"))
+        train_side = len(load_side(task, "train"))
     except DataNotFoundError as err:
-        return problems + [f"data.task: {err}"]
+        return [f"data.task: {err}"]
     if train_side == 0:
-        problems.append(
-            f"data.task {recipe.data.task!r} has no train side (it is evaluation only): training, validation and "
-            "calibration would have to use its test items"
-        )
-    else:
-        needed = recipe.data.n_validation + recipe.data.n_calibration + (recipe.data.n_train or 1)
-        if needed > train_side:
-            problems.append(
-                f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
-                f"records of {recipe.data.task}; lower them (test items are never used)"
-            )
-    return problems
+        return [f"data.task {task!r} has no train side (it is evaluation only): training, validation and "
+                "calibration would have to use its test items"]
+    needed = recipe.data.n_validation + recipe.data.n_calibration + (recipe.data.n_train or 1)
+    if needed > train_side:
+        return [f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
+                f"records of {task}; lower them (test items are never used)"]
+    return []
 
 
 def to_yaml(recipe: Recipe) -> str:

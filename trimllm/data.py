@@ -50,6 +50,11 @@ class DatasetSpec:
     test_fraction: float = 0.0
     domain: str = "general"
 
+    @property
+    def general_only(self) -> bool:
+        """A general-ability set with no train side: evaluation only, never trained or scored on."""
+        return self.domain == "general" and not (self.train or self.carve)
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "sciq": DatasetSpec("sciq", test=("test",), train=("train", "validation"), domain="science"),

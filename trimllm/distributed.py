@@ -50,17 +50,17 @@ def barrier() -> None:
         dist.barrier()
 
 
-def on_main(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and give every rank its result (pickled through the process group).
+def on_main(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` on rank 0 only and give every rank its result (pickled through the process group).
 
     An exception on rank 0 is raised on every rank, so no rank waits forever for a broadcast that never comes.
     """
     if not (dist.is_available() and dist.is_initialized()):
-        return fn()
+        return fn(*args, **kwargs)
     box: list = [None]
     if is_main():
         try:
-            box = [(True, fn())]
+            box = [(True, fn(*args, **kwargs))]
         except Exception as err:  # noqa: BLE001  (re-raised below, on every rank)
             box = [(False, err)]
     dist.broadcast_object_list(box, src=0)

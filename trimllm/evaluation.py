@@ -15,13 +15,12 @@ import yaml
 from torch import nn
 
 from trimllm.plan import count_parameters
+from trimllm.prompts import PREFIX, TASKS_DIR
 from trimllm.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
 DOMAINS = ("science", "medical", "finance", "legal", "general")
-PREFIX = "trimllm_"
 
 
 def task_groups() -> dict[str, list[str]]:
@@ -144,7 +143,7 @@ def write_results(results: dict, out_dir: str | Path, model: nn.Module | None = 
     """Write ``results.json`` (lm-eval's format), ``samples_<task>.jsonl`` and ``results.md`` to ``out_dir``."""
     from lm_eval.utils import handle_non_serializable
 
-    from trimllm.export import write_text_atomic
+    from trimllm.atomic import write_text_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import torch
 from torch import nn
 
 from trimllm.architectures import get_arch, get_submodule
+from trimllm.atomic import atomic_directory
 from trimllm.plan import PLAN_FILE, Plan, count_parameters
 from trimllm.surgery import SkippedAttention, SkippedMLP, get_plan, unwrap
 
@@ -71,36 +69,6 @@ def save_compressed(
     atomic_directory(out_dir, write)
     logger.info("Saved %d-block model (%s parameters) to %s", len(plan.kept), f"{count_parameters(model):,}", out_dir)
     return out_dir
-
-
-def atomic_directory(out_dir: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary sibling directory, then rename it to ``out_dir``.
-
-    A crash leaves either the old ``out_dir`` or the complete new one, never a half-written directory.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(trash)
-            tmp.rename(out_dir)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file via a temporary sibling and an atomic rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

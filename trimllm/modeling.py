@@ -192,7 +192,7 @@ def convert_gguf(path: Path) -> Path:
 def _convert(gguf_path: Path, target: Path, source: dict) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trimllm.export import atomic_directory
+    from trimllm.atomic import atomic_directory
 
     logger.info("Converting %s to a float safetensors checkpoint (once; cached in %s)", gguf_path.name, target)
     kwargs = {"gguf_file": gguf_path.name}

@@ -1,16 +1,26 @@
-"""Prompt formats of the bundled data sets, shared by calibration, training and the lm-eval tasks.
+"""Prompts of the bundled data sets, derived from their lm-eval task YAMLs in ``eval/tasks`` (the single source).
 
-:func:`mc_item` turns a record into ``(context, choices, gold)`` exactly as the corresponding lm-eval task in
-``eval/tasks`` presents it (a test checks the two agree), so a block scored on calibration data is scored on the
-prompts the model is evaluated with. Choices carry lm-eval's target delimiter (a leading space).
+:func:`mc_item` renders a record with lm-eval's own task object for its data set (``fewshot_context`` at zero shots,
+``doc_to_choice``, ``doc_to_target``), so the prompt a block is scored and trained on is, by construction, the
+prompt the model is evaluated with. Choices carry the task's target delimiter (a leading space), as lm-eval
+scores ``context + delimiter + choice``.
+
+A data set's task is the YAML that loads it whole (``dataset_kwargs.name`` without a ``subset``), or, for sets
+evaluated per subset (MMLU subjects, LegalBench tasks), the ``_<name>_template`` those subset tasks include: its
+templates read the subject or task from each record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from trimllm.registry import did_you_mean
+
+TASKS_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
+PREFIX = "trimllm_"
 
 
 @dataclass(frozen=True)
@@ -23,106 +33,63 @@ class MCItem:
     uid: str = ""
 
 
-# --- prompt texts (also imported by eval/tasks/trimllm_tasks.py) ------------------------------------------------
-
-
-def sciq_text(doc) -> str:
-    return f"{doc['support'].lstrip()}\nQuestion: {doc['question']}\nAnswer:"
-
-
-def pubmedqa_text(doc) -> str:
-    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(doc["contexts"]), doc["question"])
-
-
-def medmcqa_text(doc) -> str:
-    options = [doc["opa"], doc["opb"], doc["opc"], doc["opd"]]
-    lines = [f"Question: {doc['question']}", "Choices:"] + [f"{letter}. {o}" for letter, o in zip("ABCD", options, strict=True)]
-    return "\n".join(lines) + "\nAnswer:"
-
-
-def medqa_text(doc) -> str:
-    options = "".join(f"{letter}. {doc['options'][letter]}\n" for letter in sorted(doc["options"]))
-    return f"Question: {doc['question']}\n{options}Answer:"
-
-
-FPB_LABELS = ["negative", "neutral", "positive"]
-
-
-def fpb_text(doc) -> str:
-    return (
-        f"Sentence: {doc['sentence']}\n"
-        "Question: Is the sentiment of this financial news sentence negative, neutral or positive?\nAnswer:"
-    )
-
-
-LEGAL_QUESTIONS = {
-    "hearsay": "Is this evidence hearsay?",
-    "learned_hands_courts": "Does the post discuss the logistics of how a person can interact with a lawyer or the court system?",
-    "abercrombie": "Under the Abercrombie classification, is this mark generic, descriptive, suggestive, arbitrary or fanciful?",
-    "proa": "Does this statute contain a private right of action?",
-    "personal_jurisdiction": "Does the court have personal jurisdiction over the defendant?",
-    "unfair_tos": "Which category of potentially unfair terms of service does this clause belong to?",
-    **{f"diversity_{n}": "Is there diversity jurisdiction?" for n in range(1, 6)},
-}
-LEGAL_CHOICES = {
-    "abercrombie": ["generic", "descriptive", "suggestive", "arbitrary", "fanciful"],
-    "unfair_tos": [
-        "Arbitration", "Choice of law", "Content removal", "Contract by using", "Jurisdiction",
-        "Limitation of liability", "Other", "Unilateral change", "Unilateral termination",
-    ],
-}
-
-
-def legal_text(doc) -> str:
-    return f"{doc['text']}\nQuestion: {LEGAL_QUESTIONS[doc['task']]}\nAnswer:"
-
-
-def legal_choices(doc) -> list[str]:
-    return LEGAL_CHOICES.get(doc["task"], ["No", "Yes"])
-
-
-def mmlu_text(doc) -> str:
-    subject = doc["subject"].replace("_", " ")
-    options = "".join(f"{letter}. {choice}\n" for letter, choice in zip("ABCD", doc["choices"], strict=True))
-    return (
-        f"The following are multiple choice questions (with answers) about {subject}.\n\n"
-        f"{doc['question'].strip()}\n{options}Answer:"
-    )
-
-
-def arc_text(doc) -> str:
-    return f"Question: {doc['question']}\nAnswer:"
-
-
-# --- records -> MCItem -----------------------------------------------------------------------------------------
-
-
-def _mc(context: str, choices, gold: int, doc) -> MCItem:
-    return MCItem(context, tuple(" " + c for c in choices), gold, doc.get("_uid", ""))
-
-
-_FORMATS: dict[str, Callable[[dict], MCItem]] = {
-    "sciq": lambda d: _mc(sciq_text(d), [d["distractor1"], d["distractor2"], d["distractor3"], d["correct_answer"]], 3, d),
-    "pubmedqa": lambda d: _mc(pubmedqa_text(d), ["yes", "no", "maybe"], ["yes", "no", "maybe"].index(d["final_decision"]), d),
-    "medmcqa": lambda d: _mc(medmcqa_text(d), list("ABCD"), d["cop"], d),
-    "medqa_usmle": lambda d: _mc(medqa_text(d), sorted(d["options"]), sorted(d["options"]).index(d["answer_idx"]), d),
-    "financial_phrasebank": lambda d: _mc(fpb_text(d), FPB_LABELS, FPB_LABELS.index(d["label"]), d),
-    "legalbench": lambda d: _mc(legal_text(d), legal_choices(d), legal_choices(d).index(d["answer"]), d),
-    "mmlu": lambda d: _mc(mmlu_text(d), list("ABCD"), d["answer"], d),
-    "arc_easy": lambda d: _mc(arc_text(d), d["choices"]["text"], d["choices"]["label"].index(d["answerKey"]), d),
-    "arc_challenge": lambda d: _mc(arc_text(d), d["choices"]["text"], d["choices"]["label"].index(d["answerKey"]), d),
-}
-
-
 def mc_item(name: str, record: dict) -> MCItem:
-    """The multiple-choice view of a record of data set ``name``."""
-    if name not in _FORMATS:
-        raise ValueError(
-            f"No multiple-choice prompt for data set {name!r}.{did_you_mean(name, _FORMATS)} "
-            f"Available: {', '.join(sorted(_FORMATS))}."
-        )
-    return _FORMATS[name](record)
+    """The multiple-choice view of a record of data set ``name``, as lm-eval presents it zero-shot."""
+    task = _task(name)
+    choices = task.doc_to_choice(record)
+    gold = task.doc_to_target(record)
+    gold = gold if isinstance(gold, int) else choices.index(gold)  # lm-eval's rule for a target given as text
+    delimiter = task.config.target_delimiter
+    return MCItem(task.fewshot_context(record, 0), tuple(delimiter + c for c in choices), gold, record.get("_uid", ""))
 
 
 def supported() -> list[str]:
-    return sorted(_FORMATS)
+    """Data sets with a multiple-choice task that trimllm can train and score on (general-only sets excluded)."""
+    return sorted(_configs())
+
+
+@cache
+def _configs() -> dict[str, Path]:
+    """``{data set: YAML}``: the task that loads each data set whole, else its subset tasks' template."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from trimllm.data import DATASETS
+
+    found = {}
+    for path in sorted(TASKS_DIR.glob(f"{PREFIX}*.yaml")):
+        config = load_yaml(path, resolve_func=False)
+        kwargs = config.get("dataset_kwargs") or {}
+        if config.get("output_type") != "multiple_choice" or kwargs.get("name") not in DATASETS:
+            continue
+        if DATASETS[kwargs["name"]].general_only:
+            continue  # PIQA, HellaSwag, BoolQ, WinoGrande measure general ability: never trained or scored on
+        template = TASKS_DIR / f"_{kwargs['name']}_template"
+        if "subset" not in kwargs:
+            found[kwargs["name"]] = path
+        elif template.is_file():
+            found.setdefault(kwargs["name"], template)
+    return found
+
+
+@cache
+def _task(name: str):
+    """lm-eval's task object for data set ``name`` (built once; its prompt methods read only the record)."""
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    configs = _configs()
+    if name not in configs:
+        raise ValueError(
+            f"No multiple-choice prompt for data set {name!r}.{did_you_mean(name, configs)} "
+            f"Available: {', '.join(sorted(configs))}."
+        )
+    config = load_yaml(configs[name])
+    config.setdefault("task", f"{PREFIX}{name}")
+    config["dataset_kwargs"] = {"name": name}  # the whole set (a template names no subset)
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # lm-eval notes at init that custom kwargs exist; nothing a user can act on
+    try:
+        return ConfigurableTask(config=config)
+    finally:
+        quiet.setLevel(level)

@@ -1,11 +1,18 @@
 """A small generic registry whose lookups answer a typo with "did you mean".
 
-Scorers and schedules register themselves with one decorator line, in the style of lm-eval's registries.
+Plug-ins (scorers, schedules, freezing modes, training methods) are one file each in their package's folder,
+registered with one decorator line whose key is the file's name (``@SCORERS.register()`` in ``taylor.py``
+registers ``taylor``); :meth:`Registry.discover` imports the folder, so adding a plug-in is adding a file. A
+plug-in's options are its keyword parameters: :meth:`Registry.check_options` refuses any other, so a misspelled
+option is an error, never silently ignored.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
+import pkgutil
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -22,27 +29,41 @@ class UnknownNameError(ValueError):
     """A registry lookup for a name that is not registered (the message lists the available names)."""
 
 
+class UnknownOptionError(TypeError):
+    """A plug-in was given an option it does not take (the message names it and lists the ones it takes)."""
+
+
 class Registry(Generic[T]):
     """Maps names to plug-ins (functions or classes).
 
     Example:
         >>> SCORERS = Registry("scorer")
-        >>> @SCORERS.register("depth")
+        >>> @SCORERS.register()          # in scoring/depth.py: registers "depth"
         ... def depth(...): ...
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, fixed: int = 0):
         self.kind = kind
+        self.fixed = fixed  # leading positional parameters every plug-in takes (not options)
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Register under ``name``, by default the defining module's file name (the plug-in convention)."""
+
         def decorator(obj: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = obj
+            key = name or obj.__module__.rsplit(".", 1)[-1]
+            if key in self._items:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._items[key] = obj
             return obj
 
         return decorator
+
+    def discover(self, package: str) -> None:
+        """Import every module in ``package``'s folder; each plug-in registers itself on import."""
+        module = importlib.import_module(package)
+        for info in pkgutil.iter_modules(module.__path__):
+            importlib.import_module(f"{package}.{info.name}")
 
     def get(self, name: str) -> T:
         if name not in self._items:
@@ -51,6 +72,21 @@ class Registry(Generic[T]):
                 f"Available: {', '.join(sorted(self._items))}."
             )
         return self._items[name]
+
+    def options(self, name: str) -> list[str]:
+        """The options (keyword parameters after the fixed ones) that plug-in ``name`` takes."""
+        parameters = list(inspect.signature(self.get(name)).parameters.values())[self.fixed :]
+        return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def check_options(self, name: str, options: Iterable[str]) -> None:
+        """Raise :class:`UnknownOptionError` for any option plug-in ``name`` does not take."""
+        takes = self.options(name)
+        unknown = [o for o in options if o not in takes]
+        if unknown:
+            raise UnknownOptionError(
+                f"{self.kind} {name!r} does not take option {unknown[0]!r}.{did_you_mean(unknown[0], takes)} "
+                f"It takes: {', '.join(takes) or 'no options'}."
+            )
 
     def names(self) -> list[str]:
         return sorted(self._items)

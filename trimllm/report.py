@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trimllm.records import StageRecord
 from trimllm.scoring import ScoreResult
 from trimllm.scoring.candidates import parse
 
@@ -58,7 +59,7 @@ def heatmap(results: list[ScoreResult], path: str | Path) -> Path:
 
 def write_scores(results: list[ScoreResult], meta: dict, out_dir: str | Path) -> Path:
     """Write ``scores.json``, ``scores.md`` and ``scores.png`` to ``out_dir`` (each file replaced atomically)."""
-    from trimllm.export import write_text_atomic
+    from trimllm.atomic import write_text_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,24 @@ def stage_report(stages: list[dict], final: dict, recipe) -> str:
     return "\n".join(lines)
 
 
+def stage_line(record: StageRecord, processes: int = 1) -> str:
+    """The one-line summary logged after each stage."""
+    seconds = record.seconds
+    ranks = f"[{processes} processes] " if processes > 1 else ""
+    return (f"{ranks}stage {record.stage}: dropped {', '.join(record.dropped) or '-'} | {record.blocks_kept} blocks, "
+            f"{record.params:,} params | val acc {record.val_acc:.4f} | scoring {seconds['scoring']:.0f}s, "
+            f"training {seconds['training']:.0f}s, eval {seconds['evaluation']:.0f}s | {throughput_line([record])}")
+
+
+def throughput_line(stages: list[StageRecord]) -> str:
+    """Training tokens (real / as computed with padding), real tokens/s and peak memory of some stages."""
+    real = sum(s.tokens["real"] for s in stages)
+    padded = sum(s.tokens["padded"] for s in stages)
+    seconds = sum(s.seconds["training"] for s in stages)
+    return (f"tokens {real:,} real / {padded:,} computed ({1 - real / max(padded, 1):.1%} padding), "
+            f"{real / max(seconds, 1e-9):,.0f} tokens/s, peak memory {max(s.peak_memory_mb for s in stages):,.0f} MB")
+
+
 def stage_plots(run_dir: str | Path) -> None:
     """loss.png (training loss with stage boundaries) and accuracy.png (val acc vs blocks kept) from a run dir."""
     import matplotlib
@@ -122,7 +141,7 @@ def stage_plots(run_dir: str | Path) -> None:
     fig.savefig(run_dir / "loss.png", dpi=100)
     plt.close(fig)
 
-    plan = json.loads((run_dir / "plan.json").read_text())
+    plan = json.loads((run_dir / "run.json").read_text())
     fig, ax = plt.subplots(figsize=(5, 3.5))
     kept = [s["blocks_kept"] for s in plan["stages"]]
     ax.plot(kept, [s["val_acc"] for s in plan["stages"]], marker="o")

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning data: examples, the length-grouped sampler, the collator and the answer-only loss.
+"""Supervised fine-tuning data: examples, the length-grouped sampler and the collator (answer-only labels).
 
 TrimLLM's setup: the prompt is the task's evaluation prompt, the target is the gold answer, and the loss is on the
 answer tokens only.
@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 from torch.utils.data import Sampler
 
+from trimllm.multiple_choice import encode_item
 from trimllm.prompts import MCItem
-from trimllm.scoring.calibration import encode_item
 
 
 def sft_examples(tokenizer, items: list[MCItem], max_length: int) -> list[dict]:
@@ -73,13 +72,17 @@ class LengthGroupedSampler(Sampler[int]):
 
 
 class SFTCollator:
-    """Left-pads a list of examples into tensors; labels padded with -100.
+    """Left-pads a list of examples into tensors.
 
     Left padding puts every answer at the end of its row, so the LM head only needs the last
     ``longest answer + 1`` positions (``logits_to_keep``): the loss is on answer tokens only, and computing
     vocabulary logits for the prompt would be wasted work (a large share of a small model's compute: SmolLM2's
     LM head is 28M of its 135M parameters). Position ids count from the first real token, so a left-padded row
     gives the same logits as the row alone.
+
+    ``labels`` are cut to the same last positions (-100 on the prompt), so the model's own causal-LM loss (shift
+    by one inside the window) is the answer-only loss, and the Trainer's ``num_items_in_batch`` divides it by the
+    answer tokens of the whole accumulated (and, distributed, global) batch.
     """
 
     def __init__(self, pad_id: int):
@@ -98,19 +101,8 @@ class SFTCollator:
             mask[row, width - n:] = 1
             answer = max(answer, n - next(i for i, t in enumerate(f["labels"]) if t != -100))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-                "logits_to_keep": answer + 1}
-
-
-def answer_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Cross-entropy of the answer tokens from the last ``logits_to_keep`` logits (see :class:`SFTCollator`),
-    summed and divided by the answer tokens of the whole accumulated (and, distributed, global) batch."""
-    logits = outputs.logits[:, :-1].float()
-    targets = labels[:, labels.shape[1] - logits.shape[1]:].to(logits.device)
-    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                       ignore_index=-100, reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else targets.ne(-100).sum()
-    return loss / count
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                "labels": labels[:, width - answer - 1:], "logits_to_keep": answer + 1}
 
 
 def pad_id(tokenizer) -> int:

@@ -9,21 +9,6 @@ from trimllm.plan import count_parameters
 from trimllm.surgery import SkippedAttention, SkippedMLP, get_plan, unwrap
 
 
-def load_for_cli(spec: str, dtype: str, device: str | None = None):
-    """``load_model`` with its errors turned into a one-line CLI error."""
-    import typer
-
-    from trimllm.architectures import UnsupportedArchitectureError
-    from trimllm.modeling import ModelLoadError, load_model
-
-    try:
-        model, tokenizer = load_model(spec, dtype=dtype, device=device)
-        get_arch(model)
-    except (ModelLoadError, UnsupportedArchitectureError, ValueError) as err:
-        raise typer.BadParameter(str(err), param_hint="MODEL") from None
-    return model, tokenizer
-
-
 def block_rows(model: nn.Module) -> list[dict]:
     """One row per present block: original index, attention type, and which branches are active."""
     model = unwrap(model)

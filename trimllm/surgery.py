@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trimllm.architectures import ArchSpec, get_arch, get_submodule, set_submodule
+from trimllm.architectures import ArchSpec, get_arch, get_submodule, set_submodule, unwrap
 from trimllm.plan import Plan
 
 __all__ = [
@@ -59,11 +59,6 @@ class SkippedMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return torch.zeros_like(hidden_states)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain ``*ForCausalLM`` inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def get_plan(model: nn.Module) -> Plan:

@@ -39,16 +39,58 @@ def load(name: str, subset: str | None = None, **_unused) -> datasets.DatasetDic
     return datasets.DatasetDict(splits)
 
 
-# Prompt texts live in trimllm.prompts, shared with calibration and training.
-from trimllm.prompts import (  # noqa: E402,F401  (re-exported for the YAML files)
-    FPB_LABELS,
-    fpb_text,
-    legal_choices,
-    legal_text,
-    medmcqa_text,
-    medqa_text,
-    pubmedqa_text,
-)
+# --- prompt texts too long for a one-line template (trimllm.prompts derives its prompts from these tasks) -------
+
+
+def pubmedqa_text(doc) -> str:
+    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(doc["contexts"]), doc["question"])
+
+
+def medmcqa_text(doc) -> str:
+    options = [doc["opa"], doc["opb"], doc["opc"], doc["opd"]]
+    lines = [f"Question: {doc['question']}", "Choices:"] + [f"{letter}. {o}" for letter, o in zip("ABCD", options, strict=True)]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def medqa_text(doc) -> str:
+    options = "".join(f"{letter}. {doc['options'][letter]}\n" for letter in sorted(doc["options"]))
+    return f"Question: {doc['question']}\n{options}Answer:"
+
+
+FPB_LABELS = ["negative", "neutral", "positive"]
+
+
+def fpb_text(doc) -> str:
+    return (
+        f"Sentence: {doc['sentence']}\n"
+        "Question: Is the sentiment of this financial news sentence negative, neutral or positive?\nAnswer:"
+    )
+
+
+LEGAL_QUESTIONS = {
+    "hearsay": "Is this evidence hearsay?",
+    "learned_hands_courts": "Does the post discuss the logistics of how a person can interact with a lawyer or the court system?",
+    "abercrombie": "Under the Abercrombie classification, is this mark generic, descriptive, suggestive, arbitrary or fanciful?",
+    "proa": "Does this statute contain a private right of action?",
+    "personal_jurisdiction": "Does the court have personal jurisdiction over the defendant?",
+    "unfair_tos": "Which category of potentially unfair terms of service does this clause belong to?",
+    **{f"diversity_{n}": "Is there diversity jurisdiction?" for n in range(1, 6)},
+}
+LEGAL_CHOICES = {
+    "abercrombie": ["generic", "descriptive", "suggestive", "arbitrary", "fanciful"],
+    "unfair_tos": [
+        "Arbitration", "Choice of law", "Content removal", "Contract by using", "Jurisdiction",
+        "Limitation of liability", "Other", "Unilateral change", "Unilateral termination",
+    ],
+}
+
+
+def legal_text(doc) -> str:
+    return f"{doc['text']}\nQuestion: {LEGAL_QUESTIONS[doc['task']]}\nAnswer:"
+
+
+def legal_choices(doc) -> list[str]:
+    return LEGAL_CHOICES.get(doc["task"], ["No", "Yes"])
 
 
 def medqa_target(doc) -> int:

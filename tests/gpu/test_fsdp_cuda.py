@@ -39,7 +39,7 @@ def test_fsdp_run_applies_the_gathered_weights(tmp_path, method):
          "train.fsdp=full_shard auto_wrap"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    sharded = json.loads((out / "plan.json").read_text())
+    sharded = json.loads((out / "run.json").read_text())
     assert [s["removed"] for s in sharded["stages"]] == [s["removed"] for s in single["stages"]]
 
     original = _weights(tiny)

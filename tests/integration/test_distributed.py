@@ -35,7 +35,7 @@ def test_two_process_gloo_run_matches_one_process(tiny_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("[2 processes] stage 0:") == 1  # the per-stage summary comes from rank 0 only
     assert result.stdout.count("final model:") == 1
-    ddp = json.loads((out / "plan.json").read_text())
+    ddp = json.loads((out / "run.json").read_text())
     assert [s["removed"] for s in ddp["stages"]] == [s["removed"] for s in single["stages"]]
     assert ddp["final"]["stage"] == single["final"]["stage"]
     for a, b in zip(ddp["stages"], single["stages"], strict=True):

@@ -44,7 +44,7 @@ def test_killed_mid_stage_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path)
     killed = subprocess.run([sys.executable, "-m", "tests.helpers.killed_train", "1:2", *args], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "TRIMLLM_LOG_LEVEL": "WARNING"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    partial = json.loads((out / "plan.json").read_text())
+    partial = json.loads((out / "run.json").read_text())
     assert [s["stage"] for s in partial["stages"]] == [0] and partial["running"]["stage"] == 1
     assert (out / ".trainer" / "stage_01" / "checkpoint-2" / "trainer_state.json").is_file()
     assert not (out / "final").exists()

@@ -53,7 +53,7 @@ def test_every_schedule_runs_and_writes_its_outputs(tiny_dir, tmp_path, schedule
     removed = plan["stages"][-1]["removed"]
     units = sum(2 if m.startswith("block.") else 1 for m in removed) if schedule == "trimllm" else len(removed)
     assert units == expected_removed, removed
-    for name in ("resolved.yaml", "plan.json", "metrics.jsonl", "report.md", "loss.png", "accuracy.png", "final/plan.json"):
+    for name in ("resolved.yaml", "run.json", "metrics.jsonl", "report.md", "loss.png", "accuracy.png", "final/plan.json"):
         assert (out / name).is_file(), name
     for stage in plan["stages"]:
         assert (out / stage["dir"] / "model.safetensors").is_file()
@@ -176,7 +176,7 @@ def test_rerun_removes_what_killed_atomic_writes_left_behind(tiny_dir, tmp_path)
     first = run_tiny(tiny_dir, out, "schedule.name=none")
     (out / ".stage_01.tmp-abc").mkdir()
     (out / ".stage_01.tmp-abc" / "model.safetensors").write_bytes(b"half")
-    (out / ".plan.json.tmp-123").write_text("{")
+    (out / ".run.json.tmp-123").write_text("{")
     (out / ".final.old-42").mkdir()
     again = run_tiny(tiny_dir, out, "schedule.name=none")  # the same recipe: resumes (here: already finished)
     assert without_times(again) == without_times(first)

@@ -19,7 +19,7 @@ def test_smoke_recipe_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "trimllm", "train", str(ROOT / "recipes" / "smoke.yaml"),
                     f"output_dir={out}"], check=True, env=env)
-    plan = json.loads((out / "plan.json").read_text())
+    plan = json.loads((out / "run.json").read_text())
     assert [s["blocks_kept"] for s in plan["stages"]] == [30, 28, 26]
     assert plan["final"]["stage"] == 2
     assert all(0 <= s["val_acc"] <= 1 for s in plan["stages"])

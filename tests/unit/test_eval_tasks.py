@@ -70,7 +70,8 @@ def test_calibration_prompts_equal_the_evaluation_prompts(loaded, task_name, dat
     task = next(t for key, t in loaded.items() if str(getattr(key, "task", key)).endswith(task_name))
     for doc in list(task.test_docs())[:10]:
         item = mc_item(dataset, doc)
-        assert item.context == (task.config.description or "") + task.doc_to_text(doc)
+        assert item.context == task.fewshot_context(doc, 0)  # what lm-eval feeds the model: description + text
+        assert item.context.endswith(task.doc_to_text(doc))
         assert list(item.choices) == [" " + c for c in task.doc_to_choice(doc)]
         target = task.doc_to_target(doc)
         assert item.gold == (target if isinstance(target, int) else task.doc_to_choice(doc).index(target))

@@ -11,7 +11,7 @@ import torch
 from tests.conftest import ARCHS, build_tiny, tiny_tokenizer
 from trimllm.architectures import get_layers
 from trimllm.pld import ProgressiveLayerDrop, keep_probability, theta
-from trimllm.sft import SFTCollator, answer_loss
+from trimllm.sft import SFTCollator
 
 
 def test_schedule_matches_the_formula():
@@ -89,9 +89,9 @@ def test_answer_loss_equals_the_full_loss_on_answer_tokens(arch):
                 {"input_ids": [11, 12, 13], "labels": [-100, -100, 13]}]
     batch = SFTCollator(tokenizer.pad_token_id)(examples)
     assert batch["logits_to_keep"] == 3
-    labels = batch.pop("labels")
     with torch.no_grad():
-        loss = answer_loss(model(**batch), labels)
+        loss = model(**batch).loss  # transformers' own causal-LM loss on the collator's cut labels
+        summed = model(**batch, num_items_in_batch=torch.tensor(6)).loss  # as the Trainer calls it: sum / count
         per_row = []
         for ex in examples:
             ids = torch.tensor([ex["input_ids"]])
@@ -99,3 +99,4 @@ def test_answer_loss_equals_the_full_loss_on_answer_tokens(arch):
             targets = torch.tensor(ex["labels"][1:])
             per_row.append(torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum"))
     torch.testing.assert_close(loss, sum(per_row) / 3)
+    torch.testing.assert_close(summed, sum(per_row) / 6)  # e.g. the answer tokens of two accumulated batches

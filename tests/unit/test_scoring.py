@@ -8,11 +8,10 @@ import torch
 from tests.conftest import ARCHS, build_tiny, tiny_tokenizer
 from trimllm.architectures import get_layers
 from trimllm.data import load_side
+from trimllm.multiple_choice import build_mc_batches, mc_inputs
 from trimllm.prompts import MCItem
 from trimllm.registry import UnknownNameError
 from trimllm.scoring import SCORERS, CalibrationSet, count_hooks, list_candidates, run_scorer
-from trimllm.scoring.calibration import build_mc_batches
-from trimllm.scoring.forward import mc_inputs
 from trimllm.surgery import bypass_attention, drop_blocks
 
 CONTENT_SCORERS = ["task_accuracy", "calibration_loss", "block_influence", "angular", "taylor", "activation_norm"]
@@ -89,7 +88,8 @@ def test_fast_scan_equals_naive_scan(model_type, scorer, granularity):
 
 
 def test_packed_rows_give_the_same_choice_logliks_as_separate_rows():
-    from trimllm.scoring.forward import capture_calls, choice_loglik
+    from trimllm.multiple_choice import choice_loglik
+    from trimllm.scoring.forward import capture_calls
 
     model, tokenizer = build_tiny("gemma3_text"), tiny_tokenizer()
     items = CalibrationSet.from_dataset("financial_phrasebank", 4).items

@@ -73,8 +73,8 @@ def test_the_trainer_dataloader_uses_the_grouping(tmp_path, grouped):
 
 
 def test_validation_outcomes_come_back_in_item_order():
+    from trimllm.multiple_choice import mc_accuracy, mc_correct
     from trimllm.scoring import CalibrationSet
-    from trimllm.train import mc_accuracy, mc_correct
 
     model, tokenizer = build_tiny("qwen2"), tiny_tokenizer()
     items = CalibrationSet.from_dataset("sciq", 12).items  # batched longest first, reported in the given order

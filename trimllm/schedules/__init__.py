@@ -1,4 +1,4 @@
-"""Schedules: which modules to drop at each stage. One file each, registered by name.
+"""Schedules: which modules to drop at each stage. One file each in this folder, registered under its file name.
 
 A schedule is a function ``(ctx: StageContext) -> Decision``. Stage 0 is the full-depth fine-tuning stage for the
 progressive schedules (its validation accuracy is the reference for the accuracy floor); ``oneshot`` removes
@@ -7,14 +7,13 @@ everything there instead, and ``none`` never removes anything.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from trimllm.registry import Registry
 
-SCHEDULES: Registry = Registry("schedule")
+SCHEDULES: Registry = Registry("schedule", fixed=1)  # (ctx, **options)
 
 
 @dataclass
@@ -37,7 +36,6 @@ class Decision:
     last: bool = False  # no further stages
 
 
-for _name in ("progressive", "trimllm_paper", "oneshot", "none"):
-    importlib.import_module(f"trimllm.schedules.{_name}")
+SCHEDULES.discover(__name__)
 
 __all__ = ["SCHEDULES", "Decision", "StageContext"]

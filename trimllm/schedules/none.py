@@ -5,6 +5,6 @@ from __future__ import annotations
 from trimllm.schedules import SCHEDULES, Decision, StageContext
 
 
-@SCHEDULES.register("none")
+@SCHEDULES.register()
 def none(ctx: StageContext) -> Decision:
     return Decision(last=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from trimllm.schedules import SCHEDULES, Decision, StageContext
 
 
-@SCHEDULES.register("oneshot")
+@SCHEDULES.register()
 def oneshot(ctx: StageContext) -> Decision:
     scores = ctx.score(ctx.recipe.scoring.granularity)
     return Decision(drop=[c for c, _ in scores.ranked()[: ctx.budget]], scores=scores, last=True)

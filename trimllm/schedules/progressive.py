@@ -7,13 +7,13 @@ from __future__ import annotations
 from trimllm.schedules import SCHEDULES, Decision, StageContext
 
 
-@SCHEDULES.register("progressive")
-def progressive(ctx: StageContext) -> Decision:
+@SCHEDULES.register()
+def progressive(ctx: StageContext, per_stage: int = 1) -> Decision:
     if ctx.stage == 0:
         return Decision()
     if ctx.budget <= 0:
         return Decision(last=True)
     scores = ctx.score(ctx.recipe.scoring.granularity)
-    count = min(ctx.recipe.schedule.per_stage, ctx.budget)
+    count = min(per_stage, ctx.budget)
     # `last`: this removal reaches the target, so the stage it starts is the final (recovery) stage
     return Decision(drop=[c for c, _ in scores.ranked()[:count]], scores=scores, last=count >= ctx.budget)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from trimllm.schedules import SCHEDULES, Decision, StageContext
 
 
-@SCHEDULES.register("trimllm")
+@SCHEDULES.register()
 def trimllm(ctx: StageContext) -> Decision:
     if ctx.stage == 0:
         return Decision()
@@ -22,3 +22,6 @@ def trimllm(ctx: StageContext) -> Decision:
     else:
         choice = best_mlp
     return Decision(drop=[choice[0]], scores=scores)
+
+
+trimllm.granularity = "sublayer"  # the paper removes halves: the stop rules count halves, whatever scoring says

@@ -1,13 +1,14 @@
 """Contribution scorers: which blocks (or attention / MLP halves) matter least for a domain.
 
 Every scorer has the same interface and direction: ``(model, tokenizer, calibration set, candidates)`` -> one
-finite score per candidate, **higher = more important** (keep), lower = drop first. A scorer is one file with one
-``@SCORERS.register`` line; :func:`run_scorer` times it, checks its output and checks that it left no hook behind.
+finite score per candidate, **higher = more important** (keep), lower = drop first. A scorer is one file in this
+folder with one ``@SCORERS.register()`` line (the key is the file name; the folder's other modules are the shared
+machinery and register nothing); :func:`run_scorer` times it, checks its options, its output and that it left no
+hook behind.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,12 +20,12 @@ from trimllm.scoring.calibration import CalibrationSet
 from trimllm.scoring.candidates import list_candidates
 from trimllm.surgery import unwrap
 
-SCORERS: Registry = Registry("scorer")
+SCORERS: Registry = Registry("scorer", fixed=4)  # (model, tokenizer, calibration, candidates, **options)
+SCORERS.discover(__name__)
 
-_MODULES = ["task_accuracy", "calibration_loss", "block_influence", "angular", "taylor", "activation_norm",
-            "random_order", "depth"]
-for _name in _MODULES:
-    importlib.import_module(f"trimllm.scoring.{_name}")
+# Run-wide calibration settings: every scorer that reads calibration batches takes them, the others (depth,
+# random) ignore them. Any other option must be one the scorer takes.
+SETTINGS = ("batch_size", "max_length", "seed")
 
 
 @dataclass
@@ -62,11 +63,18 @@ def run_scorer(
 ) -> ScoreResult:
     """Score ``candidates`` (default: every block or half present) with scorer ``name``.
 
+    ``options`` are the scorer's keyword parameters; the calibration settings in :data:`SETTINGS` are passed only
+    to the scorers that take them.
+
     Raises:
         UnknownNameError: ``name`` is not a registered scorer (the message lists them).
+        UnknownOptionError: an option the scorer does not take (the message lists those it takes).
         RuntimeError: the scorer broke its contract (missing / non-finite scores, hooks left behind).
     """
     scorer = SCORERS.get(name)
+    takes = SCORERS.options(name)
+    options = {k: v for k, v in options.items() if k not in SETTINGS or k in takes}
+    SCORERS.check_options(name, options)
     model = unwrap(model)
     candidates = candidates if candidates is not None else list_candidates(model, granularity)
     hooks_before = count_hooks(model)
@@ -88,4 +96,12 @@ def run_scorer(
     return ScoreResult(name, {c: float(scores[c]) for c in candidates}, meta)
 
 
-__all__ = ["SCORERS", "CalibrationSet", "ScoreResult", "count_hooks", "list_candidates", "run_scorer"]
+def scorer_options(name: str, **settings) -> dict:
+    """The subset of ``settings`` (e.g. a recipe's ``n``, ``proxy_k``) that scorer ``name`` takes: a recipe or a
+    command line sets them once for whichever scorers it runs."""
+    takes = SCORERS.options(name)
+    return {k: v for k, v in settings.items() if k in takes}
+
+
+__all__ = ["SCORERS", "SETTINGS", "CalibrationSet", "ScoreResult", "count_hooks", "list_candidates", "run_scorer",
+           "scorer_options"]

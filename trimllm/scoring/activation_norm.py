@@ -12,6 +12,6 @@ def activation_norms(model, tokenizer, texts, candidates, batch_size: int = 8, m
                          batch_size, max_length)
 
 
-@SCORERS.register("activation_norm")
-def activation_norm(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, **_):
+@SCORERS.register()
+def activation_norm(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024):
     return activation_norms(model, tokenizer, calibration.texts(), candidates, batch_size, max_length)

@@ -22,8 +22,8 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.arccos(F.cosine_similarity(a.float(), b.float(), dim=-1).clamp(-1, 1)) / math.pi
 
 
-@SCORERS.register("angular")
-def angular(model, tokenizer, calibration, candidates, n: int = 1, batch_size: int = 8, max_length: int = 1024, **_):
+@SCORERS.register()
+def angular(model, tokenizer, calibration, candidates, n: int = 1, batch_size: int = 8, max_length: int = 1024):
     plan = get_plan(model)
     last_pos = len(plan.kept) - 1
     totals = {c: 0.0 for c in candidates}

@@ -10,7 +10,7 @@ from trimllm.scoring import SCORERS
 from trimllm.scoring.residuals import token_average
 
 
-@SCORERS.register("block_influence")
-def block_influence(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, **_):
+@SCORERS.register()
+def block_influence(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024):
     return token_average(model, tokenizer, calibration.texts(), candidates,
                          lambda before, after: 1 - F.cosine_similarity(before, after, dim=-1), batch_size, max_length)

@@ -16,10 +16,10 @@ from trimllm.scoring.candidates import skipping
 from trimllm.scoring.forward import capture_calls, hidden_without, lm_loss_from_hidden, shifted_targets
 
 
-@SCORERS.register("calibration_loss")
+@SCORERS.register()
 @torch.no_grad()
 def calibration_loss(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024,
-                     fast: bool = True, **_):
+                     fast: bool = True):
     batches = build_lm_batches(tokenizer, calibration.texts(), batch_size, max_length)
     device = next(model.parameters()).device
     base, totals, tokens = 0.0, {c: 0.0 for c in candidates}, 0

@@ -8,7 +8,7 @@ from trimllm.scoring.candidates import parse
 from trimllm.surgery import get_plan
 
 
-@SCORERS.register("depth")
-def depth(model, tokenizer, calibration, candidates, **_):
+@SCORERS.register()
+def depth(model, tokenizer, calibration, candidates):
     layers = get_plan(model).num_layers
     return {c: (layers - parse(c)[1]) / layers for c in candidates}

@@ -7,7 +7,7 @@ import random
 from trimllm.scoring import SCORERS
 
 
-@SCORERS.register("random")
-def random_scores(model, tokenizer, calibration, candidates, seed: int = 0, **_):
+@SCORERS.register()
+def random_scores(model, tokenizer, calibration, candidates, seed: int = 0):
     rng = random.Random(seed)
     return {c: rng.random() for c in candidates}, {"seed": seed}

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trimllm.architectures import get_arch, get_layers
+from trimllm.architectures import decoder, get_arch, get_layers
 from trimllm.scoring.calibration import build_lm_batches
 from trimllm.scoring.candidates import parse
-from trimllm.scoring.forward import decoder, hooks
+from trimllm.scoring.forward import hooks
 from trimllm.surgery import get_plan, unwrap
 
 

@@ -25,25 +25,24 @@ import math
 
 import torch
 
-from trimllm.scoring import SCORERS
-from trimllm.scoring.activation_norm import activation_norms
-from trimllm.scoring.calibration import build_mc_batches
-from trimllm.scoring.candidates import skipping
-from trimllm.scoring.forward import (
-    capture_calls,
+from trimllm.architectures import final_norm
+from trimllm.multiple_choice import (
+    build_mc_batches,
     choice_loglik,
-    final_norm,
-    hidden_without,
     mc_inputs,
     mc_outcome,
     sum_choice_logprobs,
 )
+from trimllm.scoring import SCORERS
+from trimllm.scoring.activation_norm import activation_norms
+from trimllm.scoring.candidates import skipping
+from trimllm.scoring.forward import capture_calls, hidden_without
 
 
-@SCORERS.register("task_accuracy")
+@SCORERS.register()
 def task_accuracy(
     model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, fast: bool = True,
-    proxy: str | None = None, proxy_k: int | None = None, proxy_fraction: float = 0.25, **_,
+    proxy: str | None = None, proxy_k: int | None = None, proxy_fraction: float = 0.25,
 ):
     items, texts = calibration.items, calibration.texts()
 

@@ -24,8 +24,8 @@ def candidate_parameters(model, candidate: str) -> list[torch.nn.Parameter]:
     return [p for name in names for p in getattr(layer, name).parameters()]
 
 
-@SCORERS.register("taylor")
-def taylor(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, **_):
+@SCORERS.register()
+def taylor(model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024):
     owned = {c: candidate_parameters(model, c) for c in candidates}
     params = {id(p): p for ps in owned.values() for p in ps}
     flags = {id(p): p.requires_grad for p in model.parameters()}

@@ -1,0 +1,66 @@
+"""What every benchmark script shares: its common options, the machine description under each figure, the command
+that reproduces it, and publishing (the JSON under ``benchmarks/`` and a section of BENCHMARKS.md).
+
+Scripts import it as ``from _common import ...`` (``python scripts/x.py`` puts this folder first on the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trimllm.atomic import write_text_atomic
+from trimllm.bench import environment, environment_line  # noqa: F401  (the scripts' machine description)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parser(doc: str, out: str, section: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark script takes: ``--model``, ``--device``, ``--out``
+    (default ``benchmarks/<out>``), ``--section`` (the BENCHMARKS.md section) and ``--render-only``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / out)
+    p.add_argument("--section", default=section, help="the BENCHMARKS.md section it writes")
+    p.add_argument("--render-only", action="store_true", help="Re-write BENCHMARKS.md from --out, measure nothing.")
+    return p
+
+
+def command_line(script: str, args, skip: tuple = ("out", "render_only", "section")) -> str:
+    """The command that reproduces a run: ``python scripts/<script>`` with every option given or defaulted."""
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                       if k not in skip and v is not None and v is not False)
+    return f"python scripts/{script} {options}"
+
+
+def shown_path(path: Path, root: Path) -> str:
+    """``path`` relative to the checkout ``root`` when inside it (what a reader of BENCHMARKS.md can open)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def publish(figures: dict, json_path: Path, markdown_path: Path, title: str, body: str) -> None:
+    """Save the figures as JSON, print the markdown and make it the ``title`` section of ``markdown_path``."""
+    write_json(json_path, figures)
+    print(body)
+    write_section(markdown_path, title, body)
+
+
+def write_json(path: Path, figures: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(figures, indent=2) + "\n")
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the ``## title`` section of a markdown file."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here is produced by a script under scripts/.\n"
+    header = f"## {title}\n"
+    if header in text:
+        before, rest = text.split(header, 1)
+        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
+        text = before + header + "\n" + body + "\n" + ("\n" + after if after else "")
+    else:
+        text = text.rstrip() + "\n\n" + header + "\n" + body + "\n"
+    write_text_atomic(path, text)

@@ -1,0 +1,95 @@
+"""The code's shape: plug-ins are their folders (file name = registry key), a plug-in refuses options it does not
+take, and no module or function grows past what a reader takes in at once."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+
+import pytest
+
+from tests.conftest import ROOT
+from trimllm.freezing import FREEZING, FreezeContext
+from trimllm.methods import METHODS
+from trimllm.registry import Registry, UnknownOptionError
+from trimllm.schedules import SCHEDULES
+from trimllm.scoring import SCORERS
+
+REGISTRIES = {"scoring": SCORERS, "schedules": SCHEDULES, "freezing": FREEZING, "methods": METHODS}
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 60
+
+
+@pytest.mark.parametrize("folder", sorted(REGISTRIES))
+def test_every_plugin_file_registers_its_own_name(folder):
+    registry = REGISTRIES[folder]
+    modules = {info.name for info in pkgutil.iter_modules([str(ROOT / "trimllm" / folder)])}
+    assert set(registry.names()) <= modules  # every key is a file of the folder
+    for name in registry.names():
+        assert registry.get(name).__module__ == f"trimllm.{folder}.{name}"
+
+
+def test_registries_list_what_the_recipes_and_docs_name():
+    assert SCORERS.names() == ["activation_norm", "angular", "block_influence", "calibration_loss", "depth", "random",
+                               "task_accuracy", "taylor"]
+    assert SCHEDULES.names() == ["none", "oneshot", "progressive", "trimllm"]
+    assert FREEZING.names() == ["contribution", "none", "progtuning", "static"]
+    assert METHODS.names() == ["full", "lora", "qlora"]
+
+
+def test_a_plugin_refuses_an_option_it_does_not_take():
+    with pytest.raises(UnknownOptionError, match=r"scorer 'block_influence' does not take option 'max_lenght'\. "
+                                                 r"Did you mean 'max_length'\? It takes: batch_size, max_length"):
+        SCORERS.check_options("block_influence", ["max_lenght"])
+    with pytest.raises(UnknownOptionError, match="schedule 'oneshot' does not take option 'per_stage'"):
+        SCHEDULES.check_options("oneshot", ["per_stage"])
+    SCHEDULES.check_options("progressive", ["per_stage"])  # taken: no error
+
+
+def test_run_scorer_refuses_a_misspelled_option_and_passes_settings_only_where_taken():
+    from tests.conftest import build_tiny, tiny_tokenizer
+    from trimllm.scoring import CalibrationSet, run_scorer
+
+    model, tokenizer = build_tiny("llama"), tiny_tokenizer()
+    calibration = CalibrationSet.from_dataset("sciq", 2)
+    with pytest.raises(UnknownOptionError, match="proxy_kk"):
+        run_scorer("task_accuracy", model, tokenizer, calibration, proxy_kk=2)
+    # batch_size / max_length / seed are run-wide settings: depth takes none of them and is still run
+    assert run_scorer("depth", model, tokenizer, calibration, batch_size=4, max_length=64, seed=1).scores
+
+
+def test_registering_by_file_name():
+    registry = Registry("thing")
+
+    @registry.register()
+    def plugin(ctx):
+        return ctx
+
+    assert registry.names() == ["test_layout"]  # the defining module's file name
+
+
+def test_freezing_mode_context_is_what_the_modes_read():
+    from trimllm.plan import Plan
+
+    plan = Plan(base_model="x", model_type="llama", num_layers=6, params_original=1, kept=[0, 1, 2, 4, 5], dropped=[3])
+    context = FreezeContext(stage=1, plan=plan, count=2, fraction=0.5, score=None)
+    assert FREEZING.get("progtuning")(context) == [0, 1]  # round(0.5 * 5 * 2 / 3) = 2, bottom-up
+    assert FREEZING.get("static")(context) == []  # chosen at stage 0 only
+
+
+def _python_files():
+    return [*sorted((ROOT / "trimllm").rglob("*.py")), *sorted((ROOT / "scripts").glob("*.py")),
+            ROOT / "eval" / "tasks" / "trimllm_tasks.py"]
+
+
+def test_no_module_or_function_is_too_long():
+    too_long = []
+    for path in _python_files():
+        source = path.read_text()
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}::{node.name}: {lines} lines")
+    assert too_long == []

@@ -1,0 +1,97 @@
+"""The run folder (``output_dir``): start it, or resume the run of the same recipe it holds.
+
+A run folder holds ``resolved.yaml`` (the recipe), the run file (``run.json``, :mod:`trimllm.records`),
+``metrics.jsonl``, the stage checkpoints and the Trainer's checkpoints of the running stage
+(``.trainer/stage_XX``). Rerunning the same recipe resumes; a different recipe is refused with the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from trimllm.atomic import write_text_atomic
+from trimllm.config import Recipe, to_yaml
+from trimllm.plan import PLAN_FILE
+from trimllm.records import RUN_FILE, RunFile
+
+TRAINER_DIR = ".trainer"
+
+
+def trainer_dir(out: Path, stage: int) -> Path:
+    """Where the Trainer of ``stage`` writes its checkpoints (removed once the stage is complete)."""
+    return Path(out) / TRAINER_DIR / f"stage_{stage:02d}"
+
+
+def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
+    """Start ``out`` afresh (``None``), or return the run file of the earlier run of the same recipe there.
+
+    Raises:
+        FileExistsError: ``out`` holds other files, a run of another recipe, or a run of an older trimllm.
+    """
+    out = Path(out)
+    resolved = to_yaml(recipe)
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not (out / "resolved.yaml").is_file():
+            raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... or "
+                                  "pass --overwrite")
+        elif (out / "resolved.yaml").read_text() != resolved:
+            raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(out, recipe)}); "
+                                  "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite")
+        elif (out / PLAN_FILE).is_file() and not (out / RUN_FILE).is_file():
+            raise FileExistsError(f"output_dir {out} holds a run of an older trimllm (its run file is {PLAN_FILE}, now "
+                                  f"{RUN_FILE}), which cannot be resumed; set output_dir=... or pass --overwrite")
+        else:
+            remove_litter(out)
+            previous = RunFile.read(out) if (out / RUN_FILE).is_file() else None
+            trim_metrics(out, len(previous.stages) if previous else 0)
+            return previous
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "resolved.yaml", resolved)
+    return None
+
+
+def remove_litter(out: Path) -> None:
+    """Temporary siblings that a killed run's atomic writes left behind (``.stage_01.tmp-…``, ``.run.json.tmp-…``)."""
+    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
+def _differences(out: Path, recipe: Recipe) -> str:
+    def flatten(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): node}
+
+    old, new = flatten(yaml.safe_load((out / "resolved.yaml").read_text())), flatten(recipe.to_dict())
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+
+
+def last_checkpoint(work_dir: Path) -> Path | None:
+    """The newest complete Trainer checkpoint in ``work_dir``: the Trainer writes ``trainer_state.json`` last, so a
+    checkpoint killed while being written has none and is skipped."""
+    if not work_dir.is_dir():
+        return None
+    complete = [p for p in work_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def trim_metrics(out: Path, stage: int) -> None:
+    """Drop metrics.jsonl lines that the resumed run will log again (those of ``stage`` after its checkpoint)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return
+    checkpoint = last_checkpoint(trainer_dir(out, stage))
+    step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
+    kept = [line for line in path.read_text().splitlines()
+            if (record := json.loads(line))["stage"] < stage or (record["stage"] == stage and record["step"] <= step)]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,61 @@
+"""Stop rules: how many more modules a run may remove, and whether it is done. Pure functions of the structural
+plan, the recipe's ``stop`` section and the completed stages, so they are tested without training anything.
+
+Units follow the granularity: blocks, or halves (attention / MLP) where a dropped block counts as two.
+"""
+
+from __future__ import annotations
+
+from trimllm.config import StopConfig
+from trimllm.plan import Plan
+from trimllm.records import StageRecord
+
+
+def units(plan: Plan, granularity: str) -> tuple[int, int]:
+    """(removed, total) in the granularity's units."""
+    if granularity == "block":
+        return len(plan.dropped), plan.num_layers
+    return 2 * len(plan.dropped) + len(plan.bypassed_attention) + len(plan.bypassed_mlp), 2 * plan.num_layers
+
+
+def budget(plan: Plan, stop: StopConfig, granularity: str) -> int:
+    """How many more modules the target fraction and the module budget allow (the parameter target and the
+    accuracy floor are checked after each stage). At least one unit of the model is always kept."""
+    removed, total = units(plan, granularity)
+    limits = []
+    if stop.target_fraction is not None:
+        limits.append(int(round(stop.target_fraction * total)) - removed)
+    if stop.max_modules is not None:
+        limits.append(stop.max_modules - len(plan.modules()["dropped"]))
+    if not limits:  # only a parameter target or an accuracy floor: go on until it is reached or crossed
+        limits.append(total - removed - 1)
+    return max(0, min(min(limits), len(plan.kept) * (1 if granularity == "block" else 2) - 1))
+
+
+def target_reached(plan: Plan, params: int, stop: StopConfig, granularity: str) -> bool:
+    """The parameter target is met, or nothing more may be removed."""
+    if stop.target_params_fraction is not None and params <= (1 - stop.target_params_fraction) * plan.params_original:
+        return True
+    return budget(plan, stop, granularity) == 0
+
+
+def below_floor(stages: list[StageRecord], floor: float | None) -> bool:
+    """The last stage's validation accuracy fell below ``floor`` x stage 0's: no later stage can be chosen."""
+    return floor is not None and len(stages) > 1 and stages[-1].val_acc < floor * stages[0].val_acc
+
+
+def is_last(stages: list[StageRecord], plan: Plan, params: int, stop: StopConfig, granularity: str,
+            decided_last: bool) -> bool:
+    """Whether the stage just completed ends the run: the schedule said so, a target is reached, or the floor
+    is crossed."""
+    return decided_last or target_reached(plan, params, stop, granularity) or below_floor(stages, stop.accuracy_floor)
+
+
+def choose_final(stages: list[StageRecord], floor: float | None):
+    """The smallest stage whose validation accuracy meets the floor (the last stage when there is no floor)."""
+    from trimllm.records import FinalChoice
+
+    reference = stages[0].val_acc
+    eligible = [s for s in stages if floor is None or s.val_acc >= floor * reference] or [stages[0]]
+    best = eligible[-1] if floor is None else min(eligible, key=lambda s: (s.params, -s.val_acc))
+    return FinalChoice(best.stage, best.dir, best.val_acc, floor, reference)
