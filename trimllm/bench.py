@@ -186,7 +186,8 @@ def table(results: dict) -> str:
             "speedup / bound (prefill, decode)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["models"].items():
-        cells = [f"`{Path(name).name}`", r["blocks"],  # a checkpoint's folder name, not the machine's path f"{r['params'] / 1e6:.1f}M", *[r[f"prefill_b{b}"] for b in batches],
+        # a checkpoint is named by its folder, not by the machine's path
+        cells = [f"`{Path(name).name}`", r["blocks"], f"{r['params'] / 1e6:.1f}M", *[r[f"prefill_b{b}"] for b in batches],
                  r["decode_b1"], f"{r['peak_memory_bytes'] / 2**20:.0f}", f"{r['bound']}x",
                  *[f"{r[f'prefill_b{b}_speedup']}x" for b in batches], f"{r['decode_speedup']}x", r["memory_ratio"],
                  f"{r['prefill_vs_bound']}, {r['decode_vs_bound']}"]
