@@ -43,6 +43,9 @@ class ScoringConfig:
     proxy_fraction: float = 0.25
     angular_n: int = 1  # run length of the angular scorer
     batch_size: int = 8
+    # progressive only. rescore: score the pruned model anew at every stage; fixed: score once, on the stage-0
+    # fine-tuned model, and remove in that order (Lu et al. 2024: re-scored iterative pruning is unstable)
+    order: str = "rescore"
 
 
 @dataclass
@@ -109,6 +112,18 @@ class PLDConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from an unpruned teacher while the pruned model trains (Minitron); see trimllm.distill."""
+
+    enabled: bool = False
+    teacher: str = "stage0"  # stage0 (the full-depth model as fine-tuned in stage 0), base, or a model path / spec
+    alpha: float = 0.5  # weight of the CE loss on the gold answer; 1 - alpha on the KL (0 = distillation only)
+    temperature: float = 1.0
+    tokens: str = "answer"  # answer: KL at the answer tokens; all: at every position of prompt + answer
+    hidden_weight: float = 0.0  # cosine loss between kept blocks' outputs and the teacher's at their original index
+
+
+@dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=list)  # lm-eval tasks / groups run on the final model ([] = none)
     limit: int | None = None
@@ -126,6 +141,7 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pld: PLDConfig = field(default_factory=PLDConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/trimllm"
 
@@ -272,6 +288,27 @@ def _range_problems(recipe: Recipe) -> list[str]:
         checks.append((any(s is not None for s in stops), "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"))
     if recipe.schedule.name == "oneshot":
         checks.append((recipe.stop.target_fraction is not None, "schedule oneshot needs stop.target_fraction"))
+    return [message for ok, message in checks if not ok] + _distill_problems(recipe)
+
+
+def _distill_problems(recipe: Recipe) -> list[str]:
+    """The distillation settings, and a teacher the schedule can provide."""
+    cfg, order = recipe.distill, recipe.scoring.order
+    checks = [
+        (order in ("rescore", "fixed"), f"scoring.order = {order!r} must be rescore or fixed"),
+        (order == "rescore" or recipe.schedule.name == "progressive",
+         f"scoring.order = fixed applies to schedule progressive, not {recipe.schedule.name!r}"),
+    ]
+    if cfg.enabled:
+        checks += [
+            (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
+            (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
+            (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
+            (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
+            (cfg.teacher != "stage0" or recipe.schedule.name not in ("oneshot", "none"),
+             f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {recipe.schedule.name!r} does not "
+             "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
+        ]
     return [message for ok, message in checks if not ok]
 
 

@@ -25,6 +25,7 @@ class Inputs:
     model: nn.Module
     tokenizer: object
     calibration: CalibrationSet
+    first_scores: ScoreResult | None = None  # the run's first scored stage (a fixed removal order)
 
 
 def schedule_decision(inputs: Inputs, stage: int) -> Decision:
@@ -32,8 +33,8 @@ def schedule_decision(inputs: Inputs, stage: int) -> Decision:
     recipe = inputs.recipe
     budget = stop.budget(get_plan(inputs.model), recipe.stop, granularity(recipe))
     context = StageContext(stage, inputs.model, inputs.tokenizer, inputs.calibration, recipe, budget,
-                           lambda units, scorer=None: score(inputs, units, scorer))
-    settings = {"per_stage": recipe.schedule.per_stage}
+                           lambda units, scorer=None: score(inputs, units, scorer), inputs.first_scores)
+    settings = {"per_stage": recipe.schedule.per_stage, "order": recipe.scoring.order}
     options = {k: v for k, v in settings.items() if k in SCHEDULES.options(recipe.schedule.name)}
     return SCHEDULES.get(recipe.schedule.name)(context, **options)
 

@@ -28,6 +28,7 @@ from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import Recipe
 from trimllm.data import train_side_splits
 from trimllm.decisions import Inputs, frozen_blocks, granularity, schedule_decision
+from trimllm.distill import load_teacher, teacher_source
 from trimllm.distributed import barrier, init, is_main, on_main, world_size
 from trimllm.export import save_compressed
 from trimllm.freezing import chooses_anew
@@ -38,7 +39,7 @@ from trimllm.prompts import MCItem, mc_item
 from trimllm.records import RunFile, StagePlan, StageRecord
 from trimllm.report import stage_line, stage_plots, stage_report, throughput_line
 from trimllm.rundir import prepare, trainer_dir
-from trimllm.scoring import CalibrationSet
+from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
 from trimllm.sft import sft_examples
 from trimllm.surgery import freeze_blocks, get_plan
@@ -59,6 +60,7 @@ class RunState:
     validation: list[MCItem]
     train_examples: list[dict]
     run: RunFile
+    teacher: nn.Module | None = None  # distill.enabled: loaded once, at the first stage that distills
 
 
 def run(recipe: Recipe, overwrite: bool = False) -> dict:
@@ -116,7 +118,9 @@ def decide(state: RunState, stage: int) -> StagePlan | None:
     """The stage's decision (on rank 0): what the schedule removes, then what is frozen in the structure that
     remains. ``None`` when a later stage would remove nothing."""
     started = time.perf_counter()
-    inputs = Inputs(state.recipe, state.model, state.tokenizer, state.calibration)
+    scored = next((s for s in state.run.stages if s.scores), None)
+    first = ScoreResult(scored.scorer, scored.scores) if scored else None
+    inputs = Inputs(state.recipe, state.model, state.tokenizer, state.calibration, first)
     decision = on_main(schedule_decision, inputs, stage)
     if stage > 0 and not decision.drop:
         return None
@@ -148,7 +152,7 @@ def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
     started = time.perf_counter()
     state.model, trained = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
                                        trainer_dir(state.out, plan.stage), plan.stage, state.out / "metrics.jsonl",
-                                       resume=resume, steps=stage_steps(recipe, plan))
+                                       resume=resume, steps=stage_steps(recipe, plan), teacher=teacher(state, plan.stage))
     training_s = time.perf_counter() - started
     started = time.perf_counter()
     val_acc = on_main(mc_accuracy, state.model, state.tokenizer, state.validation, recipe.scoring.batch_size,
@@ -176,6 +180,16 @@ def _record(state: RunState, plan: StagePlan, trained: StageStats, val_acc: floa
     last = stop.is_last([*state.run.stages, record], structure, params, state.recipe.stop,
                         granularity(state.recipe), plan.last)
     return dataclasses.replace(record, last=last)
+
+
+def teacher(state: RunState, stage: int) -> nn.Module | None:
+    """The distillation teacher of ``stage`` (``distill``), or None. A resumed run rebuilds ``stage0`` from its
+    exported checkpoint."""
+    cfg = state.recipe.distill
+    source = teacher_source(cfg.teacher, stage, state.out, state.recipe.model.name) if cfg.enabled else None
+    if source is not None and state.teacher is None:
+        state.teacher = load_teacher(source, state.model, state.recipe.model.dtype)
+    return state.teacher if source is not None else None
 
 
 def stage_steps(recipe: Recipe, plan: StagePlan) -> int:

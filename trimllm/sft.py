@@ -85,8 +85,9 @@ class SFTCollator:
     answer tokens of the whole accumulated (and, distributed, global) batch.
     """
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, all_positions: bool = False):
         self.pad_id = pad_id
+        self.all_positions = all_positions  # logits at every position (distillation at all tokens)
 
     def __call__(self, features: list[dict]) -> dict:
         width = max(len(f["input_ids"]) for f in features)
@@ -101,8 +102,10 @@ class SFTCollator:
             mask[row, width - n:] = 1
             answer = max(answer, n - next(i for i, t in enumerate(f["labels"]) if t != -100))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-                "labels": labels[:, width - answer - 1:], "logits_to_keep": answer + 1}
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.all_positions:
+            return {**batch, "labels": labels}
+        return {**batch, "labels": labels[:, width - answer - 1:], "logits_to_keep": answer + 1}
 
 
 def pad_id(tokenizer) -> int:

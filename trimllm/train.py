@@ -109,9 +109,9 @@ class StageTrainer(Trainer):
     """The Trainer with trimllm's two additions: length-grouped batches (:class:`trimllm.sft.LengthGroupedSampler`
     in place of the random sampler, unless ``train.group_by_length`` is off) and token counting."""
 
-    def __init__(self, *args, group_by_length: bool = True, **kwargs):
+    def __init__(self, *args, group_by_length: bool = True, distiller=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.group_by_length = group_by_length
+        self.group_by_length, self.distiller = group_by_length, distiller
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -120,6 +120,22 @@ class StageTrainer(Trainer):
         args = self.args
         group = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
         return LengthGroupedSampler([len(e["input_ids"]) for e in dataset], group, seed=args.data_seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own loss on the answer-only labels; with a teacher, the distillation loss
+        (:class:`trimllm.distill.Distiller`) around it."""
+        if self.distiller is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from trimllm.distill import block_outputs
+
+        hidden = block_outputs(self.accelerator.unwrap_model(model)) if self.distiller.hidden_weight else None
+        with hidden or contextlib.nullcontext([]) as states:
+            ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        scaled = self.args.average_tokens_across_devices and num_items_in_batch is not None  # as the Trainer does
+        loss = self.distiller.loss(inputs, ce, outputs.logits, states, num_items_in_batch,
+                                   self.current_gradient_accumulation_steps,
+                                   self.accelerator.num_processes if scaled else 1)
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         metrics = next(c for c in self.callback_handler.callbacks if isinstance(c, StageMetrics))
@@ -134,14 +150,15 @@ def callbacks(metrics_path: Path, stage: int) -> list:
 
 def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recipe, work_dir: Path, stage: int,
                 metrics_path: Path, resume: bool = False, extra_callbacks: list = (),
-                steps: int | None = None) -> tuple[nn.Module, StageStats]:
+                steps: int | None = None, teacher: nn.Module | None = None) -> tuple[nn.Module, StageStats]:
     """Train ``model`` for one stage; return the plain (merged) model and what the training did.
 
     The training method (``lora.method``, :mod:`trimllm.methods`) prepares what the Trainer trains and merges the
     result back: frozen blocks (``plan.frozen``) get no trainable parameters. ``steps`` defaults to
     ``train.steps_per_stage``; ``extra_callbacks`` are added to the Trainer's (the benchmarks time steps). With
     ``resume``, training continues from the newest complete checkpoint in ``work_dir`` (optimizer, scheduler, RNG,
-    data position and token counts included); ``model`` must already have the stage's structure.
+    data position and token counts included); ``model`` must already have the stage's structure. With a
+    ``teacher`` (``distill.enabled``), the loss distills it (:mod:`trimllm.distill`).
     """
     from transformers import set_seed
 
@@ -151,6 +168,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     cfg, plan = recipe.train, get_plan(model)
     set_seed(cfg.seed + stage)  # before peft draws the adapters' initial weights: same seed, same run
     method = for_recipe(recipe)
+    distiller = _distiller(recipe, model, teacher)
     trainee = method.prepare(model, tokenizer, recipe, work_dir)
     stage_callbacks = [*callbacks(metrics_path, stage), *extra_callbacks]
     pld = None
@@ -158,9 +176,9 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
         stage_callbacks.append(pld_callback(pld, stage * cfg.steps_per_stage))
     trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps, method),
-                           train_dataset=examples, data_collator=SFTCollator(pad_id(tokenizer)),
-                           callbacks=stage_callbacks,
-                           group_by_length=cfg.group_by_length)
+                           train_dataset=examples, callbacks=stage_callbacks, group_by_length=cfg.group_by_length,
+                           data_collator=SFTCollator(pad_id(tokenizer), all_positions=_all_positions(distiller)),
+                           distiller=distiller)
     checkpoint = last_checkpoint(work_dir) if resume else None
     if checkpoint is not None:
         logger.info("stage %d: resuming from %s", stage, checkpoint)
@@ -177,6 +195,20 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     for param in merged.parameters():
         param.requires_grad_(True)
     return merged.eval(), stats
+
+
+def _distiller(recipe: Recipe, model: nn.Module, teacher: nn.Module | None):
+    if teacher is None:
+        return None
+    from trimllm.distill import Distiller, block_pairs
+
+    cfg = recipe.distill
+    return Distiller(teacher, cfg.alpha, cfg.temperature, cfg.tokens, cfg.hidden_weight, block_pairs(model, teacher))
+
+
+def _all_positions(distiller) -> bool:
+    """Distillation at every token needs the logits of every position (not only the answer window)."""
+    return distiller is not None and distiller.tokens == "all"
 
 
 def _attention_kernels():

@@ -24,13 +24,15 @@ def tiny_dir(tmp_path_factory):
     return save_tiny("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
-def test_two_process_gloo_run_matches_one_process(tiny_dir, tmp_path):
-    single = run_tiny(tiny_dir, tmp_path / "single", *RUN)
+@pytest.mark.parametrize("extra, port", [([], 29533), (["distill.enabled=true", "distill.alpha=0.5"], 29534)],
+                         ids=["plain", "distill"])
+def test_two_process_gloo_run_matches_one_process(tiny_dir, tmp_path, extra, port):
+    single = run_tiny(tiny_dir, tmp_path / "single", *RUN, *extra)
     out = tmp_path / "ddp"
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "trimllm", "train",
-         str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RUN],
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(port), "-m", "trimllm", "train",
+         str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RUN, *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("[2 processes] stage 0:") == 1  # the per-stage summary comes from rank 0 only

@@ -37,10 +37,15 @@ def final_logits(out) -> torch.Tensor:
         return model(torch.arange(4, 40).unsqueeze(0)).logits
 
 
-def test_killed_mid_stage_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path):
-    reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN)
+DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=0.5", "scoring.order=fixed"]
+
+
+@pytest.mark.parametrize("extra", [[], DISTILL], ids=["plain", "distill"])
+def test_killed_mid_stage_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path, extra):
+    reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN, *extra)
     out = tmp_path / "killed"
-    args = [str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RESUME_RUN]
+    args = [str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RESUME_RUN,
+            *extra]
     killed = subprocess.run([sys.executable, "-m", "tests.helpers.killed_train", "1:2", *args], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "TRIMLLM_LOG_LEVEL": "WARNING"})
     assert killed.returncode == -9, killed.stderr[-2000:]

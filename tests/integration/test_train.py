@@ -199,3 +199,30 @@ def test_length_grouping_trains_the_same_tokens_with_less_padding_and_reports_th
     assert f"{grouped['tokens']['real']:,} / {grouped['tokens']['padded']:,}" in report
     final_line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run: ")]
     assert final_line and f"tokens {grouped['tokens']['real']:,} real / {grouped['tokens']['padded']:,} computed" in final_line[0]
+
+
+def test_fixed_order_removes_in_the_order_scored_once_on_the_stage0_model(tiny_dir, tmp_path):
+    plan = run_tiny(tiny_dir, tmp_path / "fixed", "scoring.order=fixed", "schedule.per_stage=1",
+                    "stop.target_fraction=0.5")
+    first = plan["stages"][1]["scores"]
+    order = sorted(first, key=first.get)
+    assert [s["dropped"][0] for s in plan["stages"][1:]] == order[:3]
+    rescored = run_tiny(tiny_dir, tmp_path / "rescore", "schedule.per_stage=1", "stop.target_fraction=0.5")
+    assert rescored["stages"][1]["dropped"] == plan["stages"][1]["dropped"]  # the same first decision
+    assert len(rescored["stages"][2]["scores"]) == 5  # rescoring scores the 5 remaining blocks anew
+
+
+def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_path):
+    common = ["schedule.per_stage=1", "stop.target_fraction=0.34"]
+    distilled = run_tiny(tiny_dir, tmp_path / "kd", *common, "distill.enabled=true", "distill.alpha=0",
+                         "distill.tokens=all", "distill.hidden_weight=0.5")
+    plain = run_tiny(tiny_dir, tmp_path / "ce", *common)
+    assert [s["dropped"] for s in distilled["stages"]][:2] == [s["dropped"] for s in plain["stages"]][:2]
+
+    def losses(out):
+        return [(m["stage"], m["loss"]) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if "loss" in m]
+
+    kd, ce = losses(tmp_path / "kd"), losses(tmp_path / "ce")
+    assert [x for x in kd if x[0] == 0] == [x for x in ce if x[0] == 0]  # stage 0 trains the teacher: CE only
+    assert [x for x in kd if x[0] == 1] != [x for x in ce if x[0] == 1]  # later stages distill

@@ -27,6 +27,7 @@ class StageContext:
     recipe: object  # Recipe
     budget: int  # modules that may still be removed before the target is reached (granularity units)
     score: object  # callable(granularity, scorer=None) -> ScoreResult, bound to the recipe's scoring options
+    first_scores: object = None  # the ScoreResult of the run's first scored stage (a fixed removal order), if any
 
 
 @dataclass

@@ -1,19 +1,31 @@
-"""Progressive dropping (trimllm's default): after a full-depth stage 0, each stage re-scores the remaining
-candidates with the recipe's scorer (optionally proxy pre-selected) and removes the ``per_stage`` least
-important, then trains; in the spirit of TrimLLM's progressive specialization, with any scorer and granularity."""
+"""Progressive dropping (trimllm's default): after a full-depth stage 0, each stage removes the ``per_stage`` least
+important remaining candidates by the recipe's scorer (optionally proxy pre-selected), then trains; in the spirit of
+TrimLLM's progressive specialization, with any scorer and granularity.
+
+``order``: ``rescore`` scores the pruned, retrained model anew at every stage; ``fixed`` scores once, on the stage-0
+fine-tuned model, and removes in that order. Lu et al. 2024 ("Reassessing Layer Pruning in LLMs", Table 5) found
+re-scored iterative pruning unstable (it fell far below one-shot) while a fixed order stayed close to it.
+"""
 
 from __future__ import annotations
 
 from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.scoring import ScoreResult, list_candidates
 
 
 @SCHEDULES.register()
-def progressive(ctx: StageContext, per_stage: int = 1) -> Decision:
+def progressive(ctx: StageContext, per_stage: int = 1, order: str = "rescore") -> Decision:
     if ctx.stage == 0:
         return Decision()
     if ctx.budget <= 0:
         return Decision(last=True)
-    scores = ctx.score(ctx.recipe.scoring.granularity)
+    granularity = ctx.recipe.scoring.granularity
+    if order == "fixed" and ctx.first_scores is not None:
+        present = set(list_candidates(ctx.model, granularity))
+        first = ctx.first_scores
+        scores = ScoreResult(first.scorer, {c: s for c, s in first.scores.items() if c in present}, {"order": "fixed"})
+    else:
+        scores = ctx.score(granularity)
     count = min(per_stage, ctx.budget)
     # `last`: this removal reaches the target, so the stage it starts is the final (recovery) stage
     return Decision(drop=[c for c, _ in scores.ranked()[:count]], scores=scores, last=count >= ctx.budget)
