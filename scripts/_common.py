@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from trimllm.atomic import write_text_atomic
@@ -64,3 +65,14 @@ def write_section(path: Path, title: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + header + "\n" + body + "\n"
     write_text_atomic(path, text)
+
+
+def mcnemar_exact(a: list[bool], b: list[bool]) -> float:
+    """Two-sided exact McNemar p-value of paired outcomes: a binomial test on the discordant pairs."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)

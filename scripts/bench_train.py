@@ -3,6 +3,7 @@ per sample with Progressive Layer Dropping on vs off, and random vs length-group
 
     python scripts/bench_train.py                 # depths and PLD; about 15 minutes on a 2-core CPU
     python scripts/bench_train.py --part length_grouping   # random vs length-grouped batches, SciQ and FPB
+    python scripts/bench_distill.py                          # distillation vs CE steps (its own script)
     python scripts/bench_train.py --device cuda --batch-size 32
 
 Every configuration trains with trimllm's own stage trainer (trimllm.train.train_stage: peft LoRA on all linear
@@ -35,6 +36,7 @@ from _common import (
     command_line,
     environment,
     environment_line,
+    mcnemar_exact,
     parser,
     publish,
     write_json,
@@ -70,13 +72,20 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def timed_stage(model, tokenizer, examples, recipe: Recipe):
+def timed_stage(model, tokenizer, examples, recipe: Recipe, teacher=None):
     """Train a copy of ``model`` for one stage; (trained model, seconds of each optimizer step, stage stats)."""
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as work:
         trained, stats = train_stage(copy.deepcopy(model), tokenizer, examples, recipe, Path(work) / "stage", 0,
-                                     Path(work) / "metrics.jsonl", extra_callbacks=[timer])
+                                     Path(work) / "metrics.jsonl", extra_callbacks=[timer], teacher=teacher)
     return trained, timer.seconds, stats
+
+
+def removal_order(model, tokenizer, task: str, calibration_records: list, max_length: int) -> list[int]:
+    """Blocks in block_influence order (least important first), on train-side calibration questions."""
+    calibration = CalibrationSet(task, [mc_item(task, r) for r in calibration_records], 0)
+    ranked = run_scorer("block_influence", model, tokenizer, calibration, granularity="block", max_length=max_length)
+    return [int(c.split(".")[1]) for c, _ in ranked.ranked()]
 
 
 def seconds_per_step(model, tokenizer, examples, recipe: Recipe, warmup: int) -> float:
@@ -96,7 +105,7 @@ def main() -> None:
     options.add_argument("--repeats", type=int, default=3, help="PLD on/off pairs")
     options.add_argument("--theta-bar", type=float, default=0.5)
     options.add_argument("--pld-gamma", type=float, default=10.0)
-    options.add_argument("--part", choices=["throughput", "length_grouping"], default="throughput",
+    options.add_argument("--part", choices=sorted(SECTIONS), default="throughput",
                         help="throughput: depths and PLD; length_grouping: random vs length-grouped batches")
     options.add_argument("--grouping-tasks", default="sciq:1000:8,financial_phrasebank:1500:16",
                         help="data set:train-side examples:batch, one side-by-side comparison each")
@@ -108,9 +117,7 @@ def main() -> None:
         render = grouping_markdown if args.part == "length_grouping" else markdown
         write_section(ROOT / "BENCHMARKS.md", args.section, render(json.loads(args.out.read_text())))
         return
-    if args.part == "length_grouping":
-        return length_grouping(args)
-    throughput(args)
+    {"throughput": throughput, "length_grouping": length_grouping}[args.part](args)
 
 
 def throughput(args) -> None:
@@ -119,9 +126,7 @@ def throughput(args) -> None:
     splits = train_side_splits(args.data, 16, 16, 0, args.n_train)
     examples = sft_examples(tokenizer, [mc_item(args.data, r) for r in splits["train"]], args.max_length)
     tokens_per_sample = statistics.mean(len(e["input_ids"]) for e in examples)
-    calibration = CalibrationSet(args.data, [mc_item(args.data, r) for r in splits["calibration"]], 0)
-    order = [c for c, _ in run_scorer("block_influence", model, tokenizer, calibration, granularity="block",
-                                      max_length=args.max_length).ranked()]
+    order = removal_order(model, tokenizer, args.data, splits["calibration"], args.max_length)
 
     def recipe(pld: bool, seed: int = 0) -> Recipe:
         r = Recipe()
@@ -136,7 +141,7 @@ def throughput(args) -> None:
     for removed in (int(x) for x in args.removed.split(",")):
         trimmed = copy.deepcopy(model)
         if removed:
-            drop_blocks(trimmed, [int(c.split(".")[1]) for c in order[:removed]])
+            drop_blocks(trimmed, order[:removed])
         seconds = seconds_per_step(trimmed, tokenizer, examples, recipe(False), args.warmup)
         base_seconds = base_seconds or seconds
         depths.append({"removed": removed, "blocks": trimmed.config.num_hidden_layers,
@@ -233,17 +238,6 @@ def grouping_entry(random_run: dict, grouped_run: dict, examples: int, batch: in
         "n_validation": n,
         "mcnemar_p": round(mcnemar_exact(random_run["correct"], grouped_run["correct"]), 4),
     }
-
-
-def mcnemar_exact(a: list[bool], b: list[bool]) -> float:
-    """Two-sided exact McNemar p-value of paired outcomes: a binomial test on the discordant pairs."""
-    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def grouping_markdown(f: dict) -> str:

@@ -16,6 +16,7 @@ pruning term). The teacher runs in eval mode without gradients on the same batch
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -77,14 +78,19 @@ class Distiller:
         self.teacher = teacher.eval().requires_grad_(False)
         self.alpha, self.temperature, self.tokens, self.hidden_weight = alpha, temperature, tokens, hidden_weight
         self.pairs = list(pairs)  # (student block, teacher block) for the cosine term: see block_pairs
+        self.teacher_seconds = 0.0  # the teacher's forwards, summed (what distillation adds to a step)
 
     def loss(self, inputs: dict, ce: torch.Tensor, student_logits: torch.Tensor, student_states: list,
              num_items: torch.Tensor | None, accumulation: int, world: int) -> torch.Tensor:
         """``ce`` is the model's own loss (normalised by ``num_items`` and scaled by ``world`` like the Trainer's);
         the KL at answer tokens is normalised the same way, the dense KL and the cosine term per micro-batch."""
         teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        started = time.perf_counter()
         with torch.no_grad(), block_outputs(self.teacher) as teacher_states:
             teacher_logits = self.teacher(**teacher_inputs, use_cache=False).logits
+        if teacher_logits.is_cuda:
+            torch.cuda.synchronize()
+        self.teacher_seconds += time.perf_counter() - started
         labels, attention = inputs["labels"], inputs["attention_mask"]
         if self.tokens == "answer":  # position i predicts label i + 1 (the model's own shift)
             total, count = kd_sum(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:] != -100, self.temperature)

@@ -99,6 +99,7 @@ class StageStats:
     tokens_padded: int
     seconds: float
     peak_memory_mb: float
+    teacher_seconds: float = 0.0  # distillation: the teacher's forwards (in this process's session of the stage)
 
     @property
     def tokens_per_s(self) -> float:
@@ -189,7 +190,8 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
             context.enter_context(pld)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     counts = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StageMetrics))  # resume replaces it
-    stats = StageStats(counts.real, counts.padded, time.perf_counter() - started, peak_memory_mb())
+    stats = StageStats(counts.real, counts.padded, time.perf_counter() - started, peak_memory_mb(),
+                       distiller.teacher_seconds if distiller else 0.0)
     merged = method.merge(model, trainee, trainer)
     merged.trimllm_plan = plan
     for param in merged.parameters():
