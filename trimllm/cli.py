@@ -13,6 +13,14 @@ from typing import Annotated
 
 import typer
 
+
+def _scorer_names() -> list[str]:
+    """The registered scorers (the files of trimllm/scoring), for the help text."""
+    from trimllm.scoring import SCORERS
+
+    return SCORERS.names()
+
+
 app = typer.Typer(
     help="Specialize decoder LLMs to a domain while removing the blocks it does not need.",
     no_args_is_help=True,
@@ -51,7 +59,7 @@ def drop(
     blocks: Annotated[str | None, typer.Option(help="Whole blocks to remove (original indices), e.g. 3,13,14.")] = None,
     attention: Annotated[str | None, typer.Option(help="Blocks whose attention branch to bypass.")] = None,
     mlp: Annotated[str | None, typer.Option(help="Blocks whose MLP branch to bypass.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete everything in a non-empty --out directory, then export.")] = False,
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Remove blocks (or attention / MLP halves) and export a standard Hugging Face model."""
@@ -124,7 +132,7 @@ def score(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Directory for scores.json, scores.md and scores.png.")],
     data: Annotated[str, typer.Option(help="Calibration data set (train side only), e.g. sciq, financial_phrasebank.")] = "sciq",
-    scorer: Annotated[str, typer.Option(help="Comma-separated scorers, e.g. block_influence,taylor,task_accuracy.")] = "block_influence",
+    scorer: Annotated[str, typer.Option(help=f"Comma-separated scorers, of: {', '.join(_scorer_names())}.")] = "block_influence",
     granularity: Annotated[str, typer.Option(help="block (whole blocks) or sublayer (attention and MLP halves).")] = "block",
     n_calib: Annotated[int, typer.Option("--n-calib", help="Calibration examples.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the calibration draw (and of the random scorer).")] = 0,
@@ -232,9 +240,13 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
 def train(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output_dir.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete everything in output_dir first and start afresh (without it, "
+                                                   "a run of the same recipe there resumes).")] = False,
 ) -> None:
-    """Progressive layer-dropping fine-tuning: score, drop, train (LoRA) and export, stage by stage."""
+    """Progressive layer-dropping fine-tuning: score, drop, train (LoRA) and export, stage by stage.
+
+    Rerunning the same command on the same output_dir resumes the run where it stopped (completed stages are kept,
+    the running stage continues from its last Trainer checkpoint); a different recipe there is refused."""
     from trimllm.config import to_yaml
     from trimllm.distributed import is_main
     from trimllm.pipeline import run

@@ -226,3 +226,12 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
     kd, ce = losses(tmp_path / "kd"), losses(tmp_path / "ce")
     assert [x for x in kd if x[0] == 0] == [x for x in ce if x[0] == 0]  # stage 0 trains the teacher: CE only
     assert [x for x in kd if x[0] == 1] != [x for x in ce if x[0] == 1]  # later stages distill
+
+
+def test_no_warning_a_user_cannot_act_on(tiny_dir, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_tiny(tiny_dir, tmp_path / "quiet", "schedule.name=none")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

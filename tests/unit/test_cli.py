@@ -58,3 +58,13 @@ def test_drop_refuses_a_non_empty_out_before_loading(tmp_path):
     (tmp_path / "o" / "x").write_text("")
     result = CliRunner().invoke(app, ["drop", "does-not-matter", "--blocks", "1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_help_texts_list_the_registries_and_say_what_is_deleted():
+    from trimllm.scoring import SCORERS
+
+    score = flat(CliRunner().invoke(app, ["score", "--help"]).output)
+    assert all(name in score for name in SCORERS.names())
+    train = flat(CliRunner().invoke(app, ["train", "--help"]).output)
+    assert "resumes" in train and "Delete everything in output_dir" in train
+    assert "Delete everything in a non-empty --out" in flat(CliRunner().invoke(app, ["drop", "--help"]).output)

@@ -3,6 +3,8 @@ stage, so the next surgery acts on plain weights and every stage starts fresh ad
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from trimllm.architectures import get_layers
@@ -21,7 +23,11 @@ class Lora:
         plan = get_plan(model)
         config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                             target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
-        trainee = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft reads transformers 5's deprecated `is_gradient_checkpointing`: a FutureWarning on every stage
+            # that no user can act on (the attribute is theirs, not ours)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+            trainee = get_peft_model(model, config)
         layers = get_layers(trainee.get_base_model())
         for orig in plan.frozen:
             layers[plan.position(orig)].requires_grad_(False)
