@@ -17,8 +17,8 @@ import copy
 import json
 import statistics
 
-from _common import ROOT, command_line, environment, environment_line, parser, write_json, write_section
-from bench_train import removal_order, timed_stage
+from _common import ROOT, command_line, environment, environment_line, write_json, write_section
+from bench_train import removal_order, timed_stage, training_parser
 
 from trimllm.config import Recipe
 from trimllm.data import train_side_splits
@@ -33,13 +33,7 @@ ARMS = {"ce": None, "kd answer": {"tokens": "answer"}, "kd all": {"tokens": "all
 
 
 def main() -> None:
-    options = parser(__doc__, "train.json", "Training throughput: distillation")
-    options.add_argument("--data", default="sciq")
-    options.add_argument("--n-train", type=int, default=128)
-    options.add_argument("--max-length", type=int, default=256)
-    options.add_argument("--batch-size", type=int, default=8)
-    options.add_argument("--steps", type=int, default=8, help="timed steps per run")
-    options.add_argument("--warmup", type=int, default=2)
+    options = training_parser(__doc__, "Training throughput: distillation", steps=8)
     options.add_argument("--repeats", type=int, default=2, help="alternating rounds over the arms")
     options.add_argument("--distill-removed", type=int, default=15, help="blocks removed from the student")
     args = options.parse_args()

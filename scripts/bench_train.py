@@ -93,14 +93,20 @@ def seconds_per_step(model, tokenizer, examples, recipe: Recipe, warmup: int) ->
     return statistics.mean(timed_stage(model, tokenizer, examples, recipe)[1][warmup:])
 
 
-def main() -> None:
-    options = parser(__doc__, "train.json", None)
+def training_parser(doc: str, section: str | None, steps: int):
+    """The common options plus those of a timed training run (shared with bench_distill.py)."""
+    options = parser(doc, "train.json", section)
     options.add_argument("--data", default="sciq")
     options.add_argument("--n-train", type=int, default=128)
     options.add_argument("--max-length", type=int, default=256)
     options.add_argument("--batch-size", type=int, default=8)
-    options.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
+    options.add_argument("--steps", type=int, default=steps, help="timed steps per configuration")
     options.add_argument("--warmup", type=int, default=2)
+    return options
+
+
+def main() -> None:
+    options = training_parser(__doc__, None, steps=12)
     options.add_argument("--removed", default="0,4,8,12,15", help="blocks removed, one configuration each")
     options.add_argument("--repeats", type=int, default=3, help="PLD on/off pairs")
     options.add_argument("--theta-bar", type=float, default=0.5)
