@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from trimllm.config import StopConfig
 from trimllm.plan import Plan
-from trimllm.records import StageRecord
+from trimllm.records import FinalChoice, StageRecord
 
 
 def units(plan: Plan, granularity: str) -> tuple[int, int]:
@@ -51,10 +51,8 @@ def is_last(stages: list[StageRecord], plan: Plan, params: int, stop: StopConfig
     return decided_last or target_reached(plan, params, stop, granularity) or below_floor(stages, stop.accuracy_floor)
 
 
-def choose_final(stages: list[StageRecord], floor: float | None):
+def choose_final(stages: list[StageRecord], floor: float | None) -> FinalChoice:
     """The smallest stage whose validation accuracy meets the floor (the last stage when there is no floor)."""
-    from trimllm.records import FinalChoice
-
     reference = stages[0].val_acc
     eligible = [s for s in stages if floor is None or s.val_acc >= floor * reference] or [stages[0]]
     best = eligible[-1] if floor is None else min(eligible, key=lambda s: (s.params, -s.val_acc))

@@ -101,10 +101,6 @@ class StageStats:
     peak_memory_mb: float
     teacher_seconds: float = 0.0  # distillation: the teacher's forwards (in this process's session of the stage)
 
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens_real / max(self.seconds, 1e-9)
-
 
 class StageTrainer(Trainer):
     """The Trainer with trimllm's two additions: length-grouped batches (:class:`trimllm.sft.LengthGroupedSampler`
