@@ -91,6 +91,10 @@ class TrainConfig:
     # Steps of the stage that follows the last removal (recovery, the "healing" of Gromov et al. 2024 and
     # ShortGPT): the finished structure is what gets exported, so it may deserve more than one stage's share.
     final_stage_steps: int | None = None  # None = steps_per_stage
+    # Steps of stage 0 (the full-depth fine-tune; oneshot: the pruned model). 0 = no training at stage 0: the
+    # model given is already fine-tuned on the domain (e.g. another run's final/), so it is scored, and is the
+    # stage0 teacher, as it is.
+    stage0_steps: int | None = None  # None = steps_per_stage
     weight_decay: float = 0.0
     logging_steps: int = 5
     save_steps: int = 50  # Trainer checkpoint every N steps inside a stage, for resuming (0 = stage ends only)
@@ -275,6 +279,8 @@ def _range_problems(recipe: Recipe) -> list[str]:
         (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
         (recipe.train.final_stage_steps is None or recipe.train.final_stage_steps >= 1,
          "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
+        (recipe.train.stage0_steps is None or recipe.train.stage0_steps >= 0,
+         "train.stage0_steps must be >= 0 (0 = stage 0 does not train), or null for steps_per_stage"),
         (recipe.train.lr > 0, "train.lr must be > 0"),
         (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
         (recipe.train.batch_size % processes == 0, f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by the {processes} processes of this launch"),

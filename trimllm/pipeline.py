@@ -43,7 +43,7 @@ from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
 from trimllm.sft import sft_examples
 from trimllm.surgery import freeze_blocks, get_plan
-from trimllm.train import StageStats, train_stage
+from trimllm.train import StageStats, peak_memory_mb, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +149,13 @@ def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
         freeze_blocks(state.model, plan.frozen)
     state.run.running = plan
     write_run_file(state)
-    started = time.perf_counter()
-    state.model, trained = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
-                                       trainer_dir(state.out, plan.stage), plan.stage, state.out / "metrics.jsonl",
-                                       resume=resume, steps=stage_steps(recipe, plan), teacher=teacher(state, plan.stage))
+    started, steps = time.perf_counter(), stage_steps(recipe, plan)
+    if steps:
+        state.model, trained = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
+                                           trainer_dir(state.out, plan.stage), plan.stage, state.out / "metrics.jsonl",
+                                           resume=resume, steps=steps, teacher=teacher(state, plan.stage))
+    else:  # train.stage0_steps = 0: the model given is stage 0's model
+        trained = StageStats(0, 0, 0.0, peak_memory_mb())
     training_s = time.perf_counter() - started
     started = time.perf_counter()
     val_acc = on_main(mc_accuracy, state.model, state.tokenizer, state.validation, recipe.scoring.batch_size,
@@ -193,9 +196,12 @@ def teacher(state: RunState, stage: int) -> nn.Module | None:
 
 
 def stage_steps(recipe: Recipe, plan: StagePlan) -> int:
-    """Training steps of a stage: ``train.final_stage_steps`` for the stage after the last removal, if set."""
-    final = recipe.train.final_stage_steps
-    return final if final and plan.last and plan.dropped else recipe.train.steps_per_stage
+    """Training steps of a stage: ``train.stage0_steps`` for stage 0 and ``train.final_stage_steps`` for the stage
+    after the last removal, where set."""
+    cfg = recipe.train
+    if plan.stage == 0 and cfg.stage0_steps is not None:
+        return cfg.stage0_steps
+    return cfg.final_stage_steps if cfg.final_stage_steps and plan.last and plan.dropped else cfg.steps_per_stage
 
 
 def finish(state: RunState) -> None:

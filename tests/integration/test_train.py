@@ -171,6 +171,23 @@ def test_final_stage_steps_train_the_last_structure_longer(tiny_dir, tmp_path):
     assert "(5 after the last removal)" in (out / "report.md").read_text()
 
 
+def test_stage0_steps_zero_starts_from_the_given_model_as_it_is(tiny_dir, tmp_path):
+    """train.stage0_steps=0: stage 0 exports the model given, untouched, and is the stage0 teacher of what follows."""
+    out = tmp_path / "from-final"
+    plan = run_tiny(tiny_dir, out, "schedule.per_stage=1", "stop.target_fraction=0.34", "train.stage0_steps=0",
+                    "distill.enabled=true", "scoring.order=fixed")
+    steps = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            steps[record["stage"]] = max(steps.get(record["stage"], 0), record["step"])
+    assert steps == {1: 2, 2: 2} and plan["stages"][0]["tokens"] == {"real": 0, "padded": 0}
+    given = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    stage0 = AutoModelForCausalLM.from_pretrained(out / "stage_00").state_dict()
+    assert all(torch.equal(given[k], stage0[k]) for k in given)
+    assert [len(s["removed"]) for s in plan["stages"]] == [0, 1, 2]
+
+
 def test_rerun_removes_what_killed_atomic_writes_left_behind(tiny_dir, tmp_path):
     out = tmp_path / "litter"
     first = run_tiny(tiny_dir, out, "schedule.name=none")
