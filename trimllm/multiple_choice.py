@@ -219,16 +219,25 @@ def mc_accuracy(model: nn.Module, tokenizer, items: list[MCItem], batch_size: in
     return sum(mc_correct(model, tokenizer, items, batch_size, max_length)) / len(items)
 
 
-@torch.no_grad()
 def mc_correct(model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 8,
                max_length: int = 512) -> list[bool]:
     """Whether each item (in the order given) is answered right by lm-eval's rule, on packed rows: the per-item
     outcomes that a paired comparison of two models on the same items needs."""
+    scores = mc_logliks(model, tokenizer, items, batch_size, max_length)
+    return [int(torch.argmax(torch.tensor(s))) == item.gold for s, item in zip(scores, items, strict=True)]
+
+
+@torch.no_grad()
+def mc_logliks(model: nn.Module, tokenizer, items: list[MCItem], batch_size: int = 8,
+               max_length: int = 512) -> list[list[float]]:
+    """Each item's choices' summed log-likelihoods (items in the order given): what lm-eval's ``loglikelihood``
+    requests return for ``context + choice``, computed with one forward per packed row (the context once).
+    Contexts longer than ``max_length`` are cut on the left, as in training."""
     model.eval()
-    correct = [False] * len(items)
+    scores: list[list[float]] = [[] for _ in items]
     for batch in build_mc_batches(tokenizer, items, batch_size, pack=True, max_length=max_length):
         normed = decoder(model)(**mc_inputs(model, batch), use_cache=False).last_hidden_state
-        for index, (predicted, gold, _) in zip(batch.indices, mc_predictions(batch, choice_loglik(model, batch, normed)),
-                                               strict=True):
-            correct[index] = predicted == gold
-    return correct
+        for index, (_, _, loglik) in zip(batch.indices, mc_predictions(batch, choice_loglik(model, batch, normed)),
+                                         strict=True):
+            scores[index] = loglik.tolist()
+    return scores

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tests.conftest import build_tiny, flat, tiny_tokenizer
@@ -50,3 +51,31 @@ def test_evaluate_takes_an_in_memory_model():
 def test_eval_rejects_unknown_tasks_before_loading_the_model():
     result = CliRunner().invoke(app, ["eval", "no-such-model", "--tasks", "scienc"])
     assert result.exit_code == 2 and "Did you mean 'science'" in flat(result.output)
+
+
+@pytest.mark.parametrize("task, name", [("financial_phrasebank", "trimllm_fpb"), ("sciq", "trimllm_sciq")])
+def test_packed_scorer_gives_lm_evals_per_document_loglikelihoods(task, name):
+    """trimllm's packed multiple-choice scorer (one forward per document) against lm-eval's own HFLM (one forward
+    per choice) on the same model and test documents: the same log-likelihood per choice, so the same prediction
+    per document; the study may then score the whole test side with the packed scorer."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from trimllm.data import load_side
+    from trimllm.multiple_choice import mc_correct, mc_logliks
+    from trimllm.prompts import TASKS_DIR, mc_item
+
+    model, tokenizer, n = build_tiny("qwen2"), tiny_tokenizer(), 12
+    drop_blocks(model, [2])
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=4096)  # no cut: documents whole
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    results = simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=n, log_samples=True,
+                              bootstrap_iters=0)
+    samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+    reference = [[float(r[0][0]) for r in s["resps"]] for s in samples]
+    items = [mc_item(task, record) for record in load_side(task, "test")[:n]]
+    assert [s["doc"]["_uid"] for s in samples] == [item.uid for item in items]  # the same documents, in order
+    ours = mc_logliks(model, tokenizer, items, batch_size=3, max_length=4096)
+    assert torch.allclose(torch.tensor(ours), torch.tensor(reference), atol=1e-3)
+    assert mc_correct(model, tokenizer, items, 3, 4096) == [bool(s["acc"]) for s in samples]
