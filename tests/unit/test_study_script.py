@@ -1,81 +1,88 @@
-"""scripts/study.py's bookkeeping: the compute budget of every method, resuming, and the target lines it writes."""
+"""scripts/study.py (v2)'s bookkeeping: every arm trains the same steps, each arm is the recipe it says it is, the
+paired comparisons, and the table it writes."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import runpy
 
-import pytest
-
 from tests.conftest import ROOT
+from trimllm.config import load_recipe
 
 study = runpy.run_path(str(ROOT / "scripts" / "study.py"))
 
 
-def record(method, fraction, acc, model="smollm2-135m", task="sciq", seed=0, **extra):
-    return {"model": model, "method": method, "removed_fraction": fraction, "task": task, "seed": seed, "acc": acc,
-            "acc_stderr": 0.02, "general_acc": 0.4, "general_acc_stderr": 0.03, "train_seconds": 100.0,
-            "scoring_seconds": 1.0, "blocks_kept": 30, "params": 1e8, "inference_bound": 1.0, "stages": 4,
-            "num_layers": 30, **extra}
+def recipe(arm: str, fraction: float = 0.5, steps: int = 94):
+    overrides = study["arm_overrides"](arm, fraction, steps, 30, "/runs/none/final")
+    return load_recipe(ROOT / "recipes" / "smoke.yaml", ["eval.tasks=[]", *overrides])
 
 
-def option(overrides: list[str], key: str) -> int | None:
-    return next((int(o.split("=")[1]) for o in overrides if o.startswith(f"train.{key}=")), None)
+def pruned_steps(r) -> int:
+    """Optimizer steps spent on a pruned (or, for `none`, the full) model: every stage but a full-depth stage 0."""
+    if r.schedule.name in ("none", "oneshot"):
+        return r.train.steps_per_stage
+    stages = 3  # removal stages of the progressive arms; stage 0 trains train.stage0_steps
+    assert r.train.stage0_steps == 0
+    return (stages - 1) * r.train.steps_per_stage + r.train.final_stage_steps
 
 
-def test_every_method_gets_at_most_the_budget_and_progressive_reaches_its_fraction():
-    runs = study["methods"](32, 3, 30)
-    assert [(r["method"], r["removed_fraction"]) for r in runs] == [
-        ("none", 0.0), ("oneshot", 0.25), ("progressive", 0.25), ("oneshot", 0.5), ("progressive", 0.5),
-        ("progressive+recovery", 0.25), ("progressive+recovery", 0.5), ("trimllm", None)]
-    for r in runs:
-        per_stage, final = option(r["overrides"], "steps_per_stage"), option(r["overrides"], "final_stage_steps")
-        if r["method"] in ("progressive", "trimllm"):  # stage 0 + 3 removal stages
-            total = 4 * per_stage
-        elif r["method"] == "progressive+recovery":  # stages 0-2 short, the one after the last removal long
-            total = 3 * per_stage + final
-            assert final > per_stage
-        else:
-            total = per_stage
-        assert 24 <= total <= 32, r
-    per_stage = {r["removed_fraction"]: r["overrides"] for r in runs if r["method"] == "progressive"}
-    assert "schedule.per_stage=5" in per_stage[0.5]  # 15 of 30 blocks in 3 stages
-    assert "schedule.per_stage=3" in per_stage[0.25]  # 8 of 30 (rounded) in 3 stages, the last one capped
+def test_every_arm_trains_the_same_steps_and_is_the_method_it_names():
+    for steps in (63, 94):
+        assert {pruned_steps(recipe(arm, steps=steps)) for arm in study["ARMS"]} == {steps}
+    kd = recipe("oneshot-kd")
+    assert kd.distill.enabled and kd.distill.teacher == "/runs/none/final" and kd.model.name == "smollm2-135m"
+    assert not recipe("oneshot-ce").distill.enabled and recipe("oneshot-ce").model.name == "smollm2-135m"
+    fixed, rescore = recipe("progressive-fixed-kd"), recipe("progressive-rescore-ce")
+    assert (fixed.scoring.order, fixed.distill.enabled, fixed.distill.teacher) == ("fixed", True, "stage0")
+    assert (rescore.scoring.order, rescore.distill.enabled) == ("rescore", False)
+    assert fixed.model.name == rescore.model.name == recipe("oneshot-ft-ce").model.name == "/runs/none/final"
+    assert fixed.schedule.per_stage == 5  # 15 of 30 blocks in 3 stages
+    assert recipe("progressive-fixed-kd", 0.25).schedule.per_stage == 3  # 8 of 30 blocks, the last stage capped
+    assert study["uses_teacher"]("oneshot-kd") and not study["uses_teacher"]("oneshot-ce")
 
 
-def test_targets_say_met_and_not_met():
-    rows = [record("none", 0.0, 0.80), record("oneshot", 0.5, 0.70), record("progressive", 0.5, 0.795),
-            record("progressive", 0.25, 0.79)]
-    lines = study["_targets"]("m, sciq", rows)
-    assert "(within 1 point)" in lines[0] and "(>= 3 points above)" in lines[0]
-    assert lines[1].endswith("(NOT met)")
-    rows[2] = record("progressive", 0.5, 0.78)
-    assert "(NOT within 1 point)" in study["_targets"]("m, sciq", rows)[0]
+def test_budget_is_one_epoch_of_the_examples():
+    args = argparse.Namespace(batch_size=16, n_train_cap=None)
+    assert study["budget_steps"]("financial_phrasebank", args) == 94
+    assert study["budget_steps"]("sciq", args) == 63
 
 
-def test_markdown_groups_by_model_and_task():
-    records = [record("none", 0.0, 0.8), record("none", 0.0, 0.9, model="gemma3-270m"),
-               record("none", 0.0, 0.5, task="financial_phrasebank")]
-    assert list(study["_groups"](records)) == [("smollm2-135m", "sciq"), ("gemma3-270m", "sciq"),
-                                               ("smollm2-135m", "financial_phrasebank")]
+def record(arm, fraction, correct, seed=0, task="financial_phrasebank"):
+    return {"task": task, "arm": arm, "removed_fraction": fraction, "seed": seed, "correct": correct,
+            "acc": correct.count("1") / len(correct), "acc_stderr": 0.01, "general_acc": 0.4, "train_seconds": 9.0,
+            "blocks_kept": 15}
+
+
+def test_comparisons_pair_the_same_items_and_pool_seeds():
+    records = [record("none", 0.0, "1111111111" * 4), record("oneshot-ce", 0.5, "1100000000" * 4),
+               record("oneshot-kd", 0.5, "1111110000" * 4), record("oneshot-kd", 0.5, "1111111100" * 4, seed=1),
+               record("oneshot-ce", 0.5, "0011000000" * 4, seed=1)]
+    rows = {(c["a"], c["b"]): c for c in study["comparisons"](records, resamples=2000)}
+    kd = rows[("oneshot-kd", "oneshot-ce")]
+    assert kd["seeds"] == 2 and abs(kd["diff"] - 0.5) < 1e-9  # (24 - 8 + 32 - 8) / 80
+    # seed 0: kd right and ce wrong on 4 items in 10; seed 1: 6 in 10 (items 3-4 right in both), never ce alone
+    assert kd["p"] < 1e-10 and 0.35 < kd["ci_low"] < 0.5 < kd["ci_high"] < 0.65
+    assert rows[("oneshot-kd", "none")]["seeds"] == 1  # `none` ran on seed 0 only: paired on seed 0 only
+    assert ("progressive-fixed-kd", "oneshot-ce") not in rows  # an arm that did not run is not compared
+    equal = study["comparisons"]([record("oneshot-kd", 0.5, "10" * 20), record("oneshot-ce", 0.5, "10" * 20)])
+    assert equal[0]["diff"] == 0 and equal[0]["p"] == 1.0 and equal[0]["ci_low"] == equal[0]["ci_high"] == 0
+
+
+def test_default_arm_is_what_the_shipped_recipe_runs():
+    finance = load_recipe(ROOT / "recipes" / "finance.yaml", [])
+    arm = study["default_arm"]()
+    assert arm in study["ARMS"]
+    assert arm.startswith(finance.schedule.name)
+    assert arm.endswith("-kd") == finance.distill.enabled
+
+
+def test_markdown_lists_every_run_and_comparison():
+    records = [record("none", 0.0, "1110"), record("oneshot-kd", 0.5, "1100")]
     setup = {"command": "python scripts/study.py", "date": "d", "device": "cpu", "dtype": "float32", "machine": "m",
-             "torch": "t", "transformers": "x", "peft": "p", "lm_eval": "l", "minutes": 1.0, "budget_steps": 32,
-             "batch_size": 8, "stages": 3, "domain_limit": 200, "general_limit": 30, "figures": "benchmarks/x.json"}
-    text = study["markdown"]({"setup": setup, "records": records})
-    assert "| gemma3-270m | sciq | none | 0% |" in text and "`benchmarks/x.png`" in text
-
-
-def test_resume_keeps_done_runs_and_refuses_other_sizes(tmp_path):
-    out = tmp_path / "study.json"
-    sizes = {"budget_steps": 32, "stages": 3, "batch_size": 8, "max_length": 256, "n_validation": 64,
-             "domain_limit": 200, "general_limit": 30}
-    done = record("trimllm", 0.05, 0.8)
-    out.write_text(json.dumps({"setup": {**sizes, "minutes": 3.0}, "records": [done]}))
-    args = argparse.Namespace(resume=True, out=out, **sizes)
-    assert study["_previous"](args)["records"] == [done]
-    # a trimllm run is found again although its removed fraction is only known once it ran
-    assert study["_key"](done) == ("smollm2-135m", "trimllm", None, "sciq", 0)
-    with pytest.raises(SystemExit, match="budget_steps"):
-        study["_previous"](argparse.Namespace(resume=True, out=out, **{**sizes, "budget_steps": 16}))
-    assert study["_previous"](argparse.Namespace(resume=False, out=out, **sizes)) == {}
+             "torch": "t", "transformers": "x", "peft": "p", "lm_eval": "l", "minutes": 1.0, "batch_size": 16,
+             "general_limit": 100, "n_train": study["N_TRAIN"], "figures": "benchmarks/study_v2.json"}
+    text = study["markdown"]({"setup": setup, "records": records, "comparisons": study["comparisons"](records),
+                              "default_arm": "oneshot-kd"})
+    assert "| financial_phrasebank | 50% | oneshot-kd † | 0 | 15 | 0.500 ± 0.010 |" in text
+    assert "| financial_phrasebank | 50% | oneshot-kd | none | 1 | -0.250 |" in text
+    assert "use `oneshot-kd`" in text
