@@ -59,7 +59,8 @@ def drop(
     blocks: Annotated[str | None, typer.Option(help="Whole blocks to remove (original indices), e.g. 3,13,14.")] = None,
     attention: Annotated[str | None, typer.Option(help="Blocks whose attention branch to bypass.")] = None,
     mlp: Annotated[str | None, typer.Option(help="Blocks whose MLP branch to bypass.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Delete everything in a non-empty --out directory, then export.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it holds an earlier trimllm output (never a folder "
+                                                   "with other files).")] = False,
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Remove blocks (or attention / MLP halves) and export a standard Hugging Face model."""
@@ -68,8 +69,7 @@ def drop(
     mlp_ids = _parse_indices(mlp, "--mlp")
     if not (block_ids or attn_ids or mlp_ids):
         raise typer.BadParameter("nothing to remove: pass --blocks, --attention and/or --mlp", param_hint="--blocks")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise typer.BadParameter(f"{out} is not empty; choose another directory or pass --overwrite", param_hint="--out")
+    _check_output(out, overwrite, None, "--out")
 
     from trimllm.export import save_compressed
     from trimllm.summary import describe
@@ -117,6 +117,12 @@ def eval_command(
         raise typer.BadParameter(str(err), param_hint="--tasks") from None
     if log_samples and out is None:
         raise typer.BadParameter("--log-samples needs --out", param_hint="--log-samples")
+    _check_sizes([("--batch-size", batch_size, 1), ("--num-fewshot", num_fewshot, 0)])
+    if limit is not None and not limit > 0:
+        raise typer.BadParameter(f"--limit must be > 0 (documents per task, or a share if < 1), got {limit}",
+                                 param_hint="--limit")
+    if out is not None:
+        _check_output(out, False, "trimllm results", "--out")
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
     loaded, tokenizer = load_for_cli(model, dtype)
     results = evaluate(loaded, tokenizer, names, limit=limit_value, batch_size=batch_size,
@@ -144,10 +150,15 @@ def score(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Score every block (or half) of a model: higher = more important."""
+    from trimllm.validation import score_option_problems
+
     names = [s for s in scorer.split(",") if s]
-    problems = _score_problems(names, data, granularity, proxy, proxy_k, proxy_fraction)
+    _check_sizes([("--n-calib", n_calib, 1), ("--batch-size", batch_size, 1), ("--angular-n", angular_n, 1),
+                  ("--proxy-k", proxy_k, 1)])
+    problems = score_option_problems(names, data, granularity, proxy, proxy_k, proxy_fraction)
     if problems:
         raise typer.BadParameter("; ".join(problems), param_hint="--scorer/--data/--granularity")
+    _check_output(out, False, "trimllm scores", "--out")
 
     from trimllm.report import write_scores
     from trimllm.scoring import CalibrationSet, run_scorer, scorer_options
@@ -172,31 +183,20 @@ def score(
     typer.echo(f"Scores written to {out}")
 
 
-def _score_problems(names: list[str], data: str, granularity: str, proxy: str, proxy_k: int | None,
-                    proxy_fraction: float) -> list[str]:
-    """Every problem with `trimllm score`'s options at once, before the model loads."""
-    from trimllm.data import get_spec
-    from trimllm.prompts import supported
-    from trimllm.scoring import SCORERS
-    from trimllm.scoring.candidates import GRANULARITIES
+def _check_sizes(sizes: list[tuple[str, int | None, int]]) -> None:
+    """Every (flag, value, minimum) at once; None = not given."""
+    problems = [f"{flag} must be >= {low}, got {value}" for flag, value, low in sizes if value is not None and value < low]
+    if problems:
+        raise typer.BadParameter("; ".join(problems), param_hint="options")
 
-    problems = []
-    if not 0 < proxy_fraction <= 1:
-        problems.append(f"--proxy-fraction must be in (0, 1], got {proxy_fraction}")
-    for name in names + ([proxy] if proxy_k else []):
-        try:
-            SCORERS.get(name)
-        except ValueError as err:
-            problems.append(str(err))
-    if granularity not in GRANULARITIES:
-        problems.append(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+
+def _check_output(out: Path, overwrite: bool, own: str | None, flag: str) -> None:
+    from trimllm.outputs import OutputError, check_output
+
     try:
-        get_spec(data)
-        if data not in supported():
-            problems.append(f"--data {data!r} has no multiple-choice prompt; use one of {', '.join(supported())}")
-    except ValueError as err:
-        problems.append(str(err))
-    return problems
+        check_output(out, overwrite, own)
+    except OutputError as err:
+        raise typer.BadParameter(str(err), param_hint=flag) from None
 
 
 def load_for_cli(spec: str, dtype: str, device: str | None = None):
@@ -240,8 +240,9 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
 def train(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    overwrite: Annotated[bool, typer.Option(help="Delete everything in output_dir first and start afresh (without it, "
-                                                   "a run of the same recipe there resumes).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start afresh: replace output_dir if it holds a trimllm run (never a "
+                                                   "folder with other files); without it, a run of the same recipe "
+                                                   "there resumes.")] = False,
 ) -> None:
     """Progressive layer-dropping fine-tuning: score, drop, train (LoRA) and export, stage by stage.
 
@@ -254,10 +255,17 @@ def train(
     resolved = _recipe_or_exit(recipe, overrides)
     if is_main():
         typer.echo(to_yaml(resolved))
+    from trimllm.outputs import OutputError
+
     try:
         plan = run(resolved, overwrite=overwrite)
-    except FileExistsError as err:
+    except (FileExistsError, OutputError) as err:
         raise typer.BadParameter(str(err), param_hint="output_dir") from None
+    except KeyboardInterrupt:
+        if is_main():
+            typer.echo(f"\nInterrupted. Completed stages and checkpoints are kept in {resolved.output_dir}: rerun the "
+                       "same command to resume.", err=True)
+        raise typer.Exit(130) from None
     final = plan["final"]
     if is_main():
         typer.echo(f"final model: {resolved.output_dir}/final (stage {final['stage']}, val acc {final['val_acc']:.4f}); "
@@ -284,11 +292,8 @@ def bench(
         sizes = tuple(int(b) for b in batches.split(",") if b)
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated batch sizes such as 1,8; got {batches!r}", param_hint="--batches") from None
-    problems = [f"{flag} must be >= 1, got {value}" for flag, value in
-                (("--prompt-len", prompt_len), ("--new-tokens", new_tokens), ("--repeats", repeats), ("--batches", min(sizes, default=0)))
-                if value < 1]
-    if problems:
-        raise typer.BadParameter("; ".join(problems), param_hint="options")
+    _check_sizes([("--prompt-len", prompt_len, 1), ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
+                  ("--batches", min(sizes, default=0), 1)])
     if out is not None and out.suffix != ".json":
         raise typer.BadParameter(f"--out is a JSON file path, got {out}", param_hint="--out")
 
@@ -323,7 +328,15 @@ def main() -> None:
     # bitsandbytes warns at import that an optional CPU kernel package is missing; its fallback works (QLoRA tests).
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     logging.getLogger("lm_eval.api.task").addFilter(_QuietLmEval())
-    app()
+    from trimllm.validation import user_errors
+
+    try:
+        app()
+    except user_errors() as err:  # a mistake in what was given: one message, no traceback
+        if os.environ.get("TRIMLLM_DEBUG"):
+            raise
+        typer.echo(f"Error: {err}\n(set TRIMLLM_DEBUG=1 to see the traceback)", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -169,19 +169,57 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         source = str(path)
         if not Path(path).is_file():
             raise RecipeError([f"recipe file {path} not found"], source)
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_yaml(Path(path))
     problems: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             problems.append(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
             continue
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        try:
+            _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        except yaml.YAMLError:
+            problems.append(f"override {item!r}: the value is not valid YAML (quote it, e.g. {key}='{value}')")
     recipe = _build(Recipe, raw, "", problems)
+    from trimllm.validation import (
+        semantic_problems,  # the checks import the registries, which import this module
+    )
+
     problems += semantic_problems(recipe)
     if problems:
         raise RecipeError(problems, source)
     return recipe
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing duplicate keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> dict:
+    """A recipe file as a mapping; a syntax error or a duplicate key is a RecipeError naming file, line, column."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError([f"{where}: not valid YAML: {problem}"], str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError([f"cannot read {path}: {err}"], str(path)) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise RecipeError([f"{path} must hold a mapping of sections (model:, data:, ...), got {type(raw).__name__}"],
+                          str(path))
+    return raw or {}
 
 
 def _set_dotted(raw: dict, key: str, value) -> None:
@@ -240,108 +278,6 @@ def _type_ok(value, hint) -> bool:
 
 def _type_name(hint) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def semantic_problems(recipe: Recipe) -> list[str]:
-    """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
-    return _name_problems(recipe) + _range_problems(recipe) + _data_problems(recipe)
-
-
-def _name_problems(recipe: Recipe) -> list[str]:
-    """Plug-in names, checked against their registries (the folders' plug-ins)."""
-    from trimllm.freezing import FREEZING
-    from trimllm.methods import METHODS
-    from trimllm.schedules import SCHEDULES
-    from trimllm.scoring import SCORERS
-    from trimllm.scoring.candidates import GRANULARITIES
-
-    named = [("scoring.scorer", recipe.scoring.scorer, SCORERS), ("scoring.proxy", recipe.scoring.proxy, SCORERS),
-             ("schedule.name", recipe.schedule.name, SCHEDULES), ("freeze.mode", recipe.freeze.mode, FREEZING),
-             ("lora.method", recipe.lora.method, METHODS)]
-    problems = [f"{key} {value!r} unknown.{did_you_mean(value, registry.names())} Available: {', '.join(registry.names())}"
-                for key, value, registry in named if value not in registry]
-    if recipe.scoring.granularity not in GRANULARITIES:
-        problems.append(f"scoring.granularity must be one of {GRANULARITIES}")
-    return problems
-
-
-def _range_problems(recipe: Recipe) -> list[str]:
-    """Numbers in their ranges, and at least one stop rule for the schedules that need one."""
-    from trimllm.distributed import world_size
-
-    processes, floor = world_size(), recipe.stop.accuracy_floor
-    checks = [
-        (0 < recipe.scoring.proxy_fraction <= 1, f"scoring.proxy_fraction = {recipe.scoring.proxy_fraction} must be in (0, 1]"),
-        (0 < recipe.pld.theta_bar <= 1 and recipe.pld.gamma >= 0, f"pld.theta_bar = {recipe.pld.theta_bar} must be in (0, 1] and pld.gamma = {recipe.pld.gamma} >= 0"),
-        (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
-        (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
-        (recipe.schedule.per_stage >= 1, "schedule.per_stage must be >= 1"),
-        (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
-        (recipe.train.final_stage_steps is None or recipe.train.final_stage_steps >= 1,
-         "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
-        (recipe.train.stage0_steps is None or recipe.train.stage0_steps >= 0,
-         "train.stage0_steps must be >= 0 (0 = stage 0 does not train), or null for steps_per_stage"),
-        (recipe.train.lr > 0, "train.lr must be > 0"),
-        (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
-        (recipe.train.batch_size % processes == 0, f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by the {processes} processes of this launch"),
-        (floor is None or 0 < floor <= 1, f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"),
-    ]
-    for name in ("target_fraction", "target_params_fraction"):
-        value = getattr(recipe.stop, name)
-        checks.append((value is None or 0 < value < 1, f"stop.{name} = {value} must be in (0, 1): a share of the model to remove"))
-    if recipe.schedule.name not in ("none", "oneshot"):
-        stops = (recipe.stop.target_fraction, recipe.stop.target_params_fraction, recipe.stop.max_modules, floor)
-        checks.append((any(s is not None for s in stops), "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"))
-    if recipe.schedule.name == "oneshot":
-        checks.append((recipe.stop.target_fraction is not None, "schedule oneshot needs stop.target_fraction"))
-    return [message for ok, message in checks if not ok] + _distill_problems(recipe)
-
-
-def _distill_problems(recipe: Recipe) -> list[str]:
-    """The distillation settings, and a teacher the schedule can provide."""
-    cfg, order = recipe.distill, recipe.scoring.order
-    checks = [
-        (order in ("rescore", "fixed"), f"scoring.order = {order!r} must be rescore or fixed"),
-        (order == "rescore" or recipe.schedule.name == "progressive",
-         f"scoring.order = fixed applies to schedule progressive, not {recipe.schedule.name!r}"),
-    ]
-    if cfg.enabled:
-        checks += [
-            (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
-            (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
-            (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
-            (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
-            (cfg.teacher != "stage0" or recipe.schedule.name not in ("oneshot", "none"),
-             f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {recipe.schedule.name!r} does not "
-             "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
-        ]
-    return [message for ok, message in checks if not ok]
-
-
-def _data_problems(recipe: Recipe) -> list[str]:
-    """The data set exists, has a prompt and a train side large enough for the sizes asked (no test item used)."""
-    from trimllm.data import DataNotFoundError, get_spec, load_side
-    from trimllm.prompts import supported
-
-    task = recipe.data.task
-    try:
-        get_spec(task)
-    except ValueError as err:
-        return [f"data.task: {err}"]
-    if task not in supported():
-        return [f"data.task {task!r} has no prompt format; use one of {', '.join(supported())}"]
-    try:
-        train_side = len(load_side(task, "train"))
-    except DataNotFoundError as err:
-        return [f"data.task: {err}"]
-    if train_side == 0:
-        return [f"data.task {task!r} has no train side (it is evaluation only): training, validation and "
-                "calibration would have to use its test items"]
-    needed = recipe.data.n_validation + recipe.data.n_calibration + (recipe.data.n_train or 1)
-    if needed > train_side:
-        return [f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
-                f"records of {task}; lower them (test items are never used)"]
-    return []
 
 
 def to_yaml(recipe: Recipe) -> str:

@@ -78,6 +78,10 @@ class DataNotFoundError(FileNotFoundError):
     """A bundled data file is missing; the message names the path tried and the variable to set."""
 
 
+class DataFormatError(ValueError):
+    """A data file that cannot be read as records; the message names the file and line."""
+
+
 def data_dir() -> Path:
     """``$TRIMLLM_DATA_DIR``, else ``shared/data`` beside the repository checkout."""
     env = os.environ.get(DATA_ENV)
@@ -103,8 +107,17 @@ def read_jsonl(name: str, split: str) -> list[dict]:
             f"(now {os.environ.get(DATA_ENV, 'unset')}) or from shared/data beside the repository; set "
             f"{DATA_ENV} to the folder that holds {get_spec(name).folder}/."
         )
+    records = []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}, line {number}: not a JSON object ({err.msg} at column {err.colno}); "
+                                      "each line of a .jsonl file is one JSON record") from None
+    return records
 
 
 def record_uid(record: dict) -> str:
@@ -122,7 +135,8 @@ def is_test_item(record: dict, test_fraction: float) -> bool:
 
 
 @lru_cache(maxsize=32)
-def _sides(name: str) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+def _sides(name: str, folder: Path) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+    """Both sides of ``name`` as read from ``folder`` (the data directory: part of the cache key)."""
     spec = get_spec(name)
     train, test = [], []
     for split in spec.train:
@@ -144,7 +158,7 @@ def load_side(name: str, side: str) -> list[dict]:
     """The ``train`` or ``test`` side of a data set; each record carries its ``_uid``."""
     if side not in ("train", "test"):
         raise ValueError(f"side must be 'train' or 'test', got {side!r}")
-    train, test = _sides(name)
+    train, test = _sides(name, data_dir())
     return [dict(r) for r in (train if side == "train" else test)]
 
 

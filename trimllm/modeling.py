@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from trimllm.plan import PLAN_FILE, Plan
+from trimllm.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,28 @@ def resolve_checkpoint(spec: str) -> str:
         return str(convert_gguf(path))
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
         raise ModelLoadError(_not_found_message(spec))
+    close = did_you_mean(spec.lower(), PACKAGED_MODELS)
+    if "/" not in spec and close:  # smollm2-135M, smolm2-135m: a packaged name mistyped, not a hub id
+        raise ModelLoadError(f"{spec!r} is not a packaged model.{close} Packaged: {', '.join(PACKAGED_MODELS)}.")
     return spec  # a hub id
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub cannot be reached: ``HF_HUB_OFFLINE`` set, or no connection within 3 s (without
+    this check, transformers retries for about a minute before failing)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return False
+    except OSError:
+        return True
 
 
 def convert_packaged(name: str) -> Path:
@@ -214,17 +236,29 @@ def _convert(gguf_path: Path, target: Path, source: dict) -> Path:
 def _from_pretrained(directory: str, dtype: torch.dtype, trust_remote_code: bool, **extra):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(directory).is_dir()
+    if not local and hub_offline():  # a hub id: only the local Hugging Face cache can serve it
+        extra = {**extra, "local_files_only": True}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code, **_only(extra))
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as err:
-        if Path(directory).is_dir():
-            raise
+        if local:
+            raise ModelLoadError(f"{directory} holds a model that cannot be read: {str(err).splitlines()[0]}") from None
         raise ModelLoadError(f"{_not_found_message(directory)}\n(transformers said: {str(err).splitlines()[0]})") from None
+    except (ValueError, json.JSONDecodeError) as err:
+        if not local:
+            raise
+        raise ModelLoadError(f"{directory} holds a model that cannot be read: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         # Batched scoring and evaluation need a pad token; the EOS token is the usual stand-in.
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _only(extra: dict) -> dict:
+    """The loading options a tokenizer takes too."""
+    return {k: v for k, v in extra.items() if k == "local_files_only"}
 
 
 def _not_found_message(spec: str) -> str:

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from trimllm import stop
+from trimllm.architectures import get_arch
 from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import Recipe
 from trimllm.data import train_side_splits
@@ -102,6 +103,7 @@ def setup(recipe: Recipe, overwrite: bool) -> RunState:
         if is_main():
             logger.info("resuming %s after stage %d", out, previous.stages[-1].stage)
     model, tokenizer = load_model(source, dtype=recipe.model.dtype)
+    get_arch(model)  # an unsupported family fails here, in one message, before any data or training
     data = recipe.data
     splits = train_side_splits(data.task, data.n_validation, data.n_calibration, data.seed, data.n_train)
     items = {name: [mc_item(data.task, r) for r in records] for name, records in splits.items()}

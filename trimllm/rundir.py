@@ -8,6 +8,7 @@ A run folder holds ``resolved.yaml`` (the recipe), the run file (``run.json``, :
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import yaml
 
 from trimllm.atomic import write_text_atomic
 from trimllm.config import Recipe, to_yaml
+from trimllm.outputs import check_replaceable, check_writable
 from trimllm.plan import PLAN_FILE
 from trimllm.records import RUN_FILE, RunFile
 
 TRAINER_DIR = ".trainer"
+logger = logging.getLogger(__name__)
 
 
 def trainer_dir(out: Path, stage: int) -> Path:
@@ -34,12 +37,26 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
     """
     out = Path(out)
     resolved = to_yaml(recipe)
+    check_writable(out)
     if out.exists() and any(out.iterdir()):
         if overwrite:
+            check_replaceable(out)
             shutil.rmtree(out)
         elif not (out / "resolved.yaml").is_file():
-            raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... or "
-                                  "pass --overwrite")
+            raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
+                                  "new or empty folder")
+        elif (out / "resolved.yaml").read_text() != resolved and not _completed_stages(out):
+            # a run that never completed a stage protects nothing: the corrected recipe starts over
+            logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
+            check_replaceable(out)
+            shutil.rmtree(out)
+        elif (out / "resolved.yaml").read_text() != resolved and _changed_keys(out, recipe) <= {"eval"}:
+            # only the evaluation asked for changed: keep the training, redo the final evaluation
+            logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)
+            previous = RunFile.read(out)
+            previous.final = None
+            write_text_atomic(out / "resolved.yaml", resolved)
+            return previous
         elif (out / "resolved.yaml").read_text() != resolved:
             raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(out, recipe)}); "
                                   "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite")
@@ -56,6 +73,15 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
     return None
 
 
+def _completed_stages(out: Path) -> int:
+    """Stages the run in ``out`` completed (an exported ``stage_XX`` counts, whatever the run file says)."""
+    exported = len(list(out.glob("stage_[0-9]*")))
+    try:
+        return max(exported, len(RunFile.read(out).stages) if (out / RUN_FILE).is_file() else 0)
+    except (ValueError, KeyError, TypeError):  # an unreadable run file of an older trimllm: keep the folder
+        return max(exported, 1)
+
+
 def remove_litter(out: Path) -> None:
     """Temporary siblings that a killed run's atomic writes left behind (``.stage_01.tmp-…``, ``.run.json.tmp-…``)."""
     for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
@@ -65,14 +91,25 @@ def remove_litter(out: Path) -> None:
             stale.unlink()
 
 
-def _differences(out: Path, recipe: Recipe) -> str:
-    def flatten(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): node}
+def _flatten(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
 
-    old, new = flatten(yaml.safe_load((out / "resolved.yaml").read_text())), flatten(recipe.to_dict())
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+def _changed(out: Path, recipe: Recipe) -> tuple[dict, dict, list[str]]:
+    """The saved recipe, the new one (both flattened) and the keys whose values differ."""
+    old, new = _flatten(yaml.safe_load((out / "resolved.yaml").read_text())), _flatten(recipe.to_dict())
+    return old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _changed_keys(out: Path, recipe: Recipe) -> set[str]:
+    """The top-level sections (``eval``, ``train``, ...) whose values differ from the saved recipe's."""
+    return {key.split(".")[0] for key in _changed(out, recipe)[2]}
+
+
+def _differences(out: Path, recipe: Recipe) -> str:
+    old, new, keys = _changed(out, recipe)
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
 
 

@@ -140,6 +140,32 @@ class StageTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights of a stage stopped being finite numbers: nothing of the stage is exported."""
+
+
+def _diverged(stage: int, step: int, recipe: Recipe) -> TrainingDiverged:
+    return TrainingDiverged(f"stage {stage}: the weights stopped being finite numbers (NaN / inf) by step {step}; "
+                            f"nothing of this stage was exported. Lower train.lr (now {recipe.train.lr}) or raise "
+                            "train.warmup_ratio, then rerun the same command: completed stages are kept.")
+
+
+class FiniteWeights(TrainerCallback):
+    """Stops a stage at the first log step where a trained weight is NaN or infinite (a diverged run would
+    otherwise train on and export a complete-looking model of NaN)."""
+
+    def __init__(self, stage: int, recipe: Recipe):
+        self.stage, self.recipe = stage, recipe
+
+    def on_log(self, args, state, control, model=None, **kwargs):
+        if model is not None and not all_finite(p for p in model.parameters() if p.requires_grad):
+            raise _diverged(self.stage, state.global_step, self.recipe)
+
+
+def all_finite(params) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
 def callbacks(metrics_path: Path, stage: int) -> list:
     """The Trainer callbacks of a stage (the resume tests add one that kills the process)."""
     return [StageMetrics(metrics_path, stage)]
@@ -167,7 +193,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     method = for_recipe(recipe)
     distiller = _distiller(recipe, model, teacher)
     trainee = method.prepare(model, tokenizer, recipe, work_dir)
-    stage_callbacks = [*callbacks(metrics_path, stage), *extra_callbacks]
+    stage_callbacks = [*callbacks(metrics_path, stage), FiniteWeights(stage, recipe), *extra_callbacks]
     pld = None
     if recipe.pld.enabled:
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
@@ -189,6 +215,8 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     stats = StageStats(counts.real, counts.padded, time.perf_counter() - started, peak_memory_mb(),
                        distiller.teacher_seconds if distiller else 0.0)
     merged = method.merge(model, trainee, trainer)
+    if not all_finite(merged.parameters()):
+        raise _diverged(stage, trainer.state.global_step, recipe)
     merged.trimllm_plan = plan
     for param in merged.parameters():
         param.requires_grad_(True)

@@ -6,14 +6,23 @@ from __future__ import annotations
 import argparse
 import runpy
 
+import pytest
+
 from tests.conftest import ROOT
 from trimllm.config import load_recipe
 
 study = runpy.run_path(str(ROOT / "scripts" / "study.py"))
 
 
-def recipe(arm: str, fraction: float = 0.5, steps: int = 94):
-    overrides = study["arm_overrides"](arm, fraction, steps, 30, "/runs/none/final")
+@pytest.fixture
+def teacher(tmp_path) -> str:
+    """The `none` arm's model folder (it must exist; what it holds is not read here)."""
+    (tmp_path / "none" / "final").mkdir(parents=True)
+    return str(tmp_path / "none" / "final")
+
+
+def recipe(teacher: str, arm: str, fraction: float = 0.5, steps: int = 94):
+    overrides = study["arm_overrides"](arm, fraction, steps, 30, teacher)
     return load_recipe(ROOT / "recipes" / "smoke.yaml", ["eval.tasks=[]", *overrides])
 
 
@@ -26,18 +35,18 @@ def pruned_steps(r) -> int:
     return (stages - 1) * r.train.steps_per_stage + r.train.final_stage_steps
 
 
-def test_every_arm_trains_the_same_steps_and_is_the_method_it_names():
+def test_every_arm_trains_the_same_steps_and_is_the_method_it_names(teacher):
     for steps in (63, 94):
-        assert {pruned_steps(recipe(arm, steps=steps)) for arm in study["ARMS"]} == {steps}
-    kd = recipe("oneshot-kd")
-    assert kd.distill.enabled and kd.distill.teacher == "/runs/none/final" and kd.model.name == "smollm2-135m"
-    assert not recipe("oneshot-ce").distill.enabled and recipe("oneshot-ce").model.name == "smollm2-135m"
-    fixed, rescore = recipe("progressive-fixed-kd"), recipe("progressive-rescore-ce")
+        assert {pruned_steps(recipe(teacher, arm, steps=steps)) for arm in study["ARMS"]} == {steps}
+    kd = recipe(teacher, "oneshot-kd")
+    assert kd.distill.enabled and kd.distill.teacher == teacher and kd.model.name == "smollm2-135m"
+    assert not recipe(teacher, "oneshot-ce").distill.enabled and recipe(teacher, "oneshot-ce").model.name == "smollm2-135m"
+    fixed, rescore = recipe(teacher, "progressive-fixed-kd"), recipe(teacher, "progressive-rescore-ce")
     assert (fixed.scoring.order, fixed.distill.enabled, fixed.distill.teacher) == ("fixed", True, "stage0")
     assert (rescore.scoring.order, rescore.distill.enabled) == ("rescore", False)
-    assert fixed.model.name == rescore.model.name == recipe("oneshot-ft-ce").model.name == "/runs/none/final"
+    assert fixed.model.name == rescore.model.name == recipe(teacher, "oneshot-ft-ce").model.name == teacher
     assert fixed.schedule.per_stage == 5  # 15 of 30 blocks in 3 stages
-    assert recipe("progressive-fixed-kd", 0.25).schedule.per_stage == 3  # 8 of 30 blocks, the last stage capped
+    assert recipe(teacher, "progressive-fixed-kd", 0.25).schedule.per_stage == 3  # 8 of 30 blocks, the last stage capped
     assert study["uses_teacher"]("oneshot-kd") and not study["uses_teacher"]("oneshot-ce")
 
 

@@ -1,0 +1,88 @@
+"""Bad input that shows only once a run has started: a failed run does not block its fix, a changed evaluation
+does not retrain, a diverged stage exports nothing, and --overwrite replaces a run folder (only that)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, flat, save_tiny
+from tests.integration.test_train import TINY_RUN
+from trimllm import cli
+
+pytestmark = pytest.mark.integration
+SMOKE = str(ROOT / "recipes" / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2")
+
+
+def trimllm(capsys, monkeypatch, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["trimllm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, flat(out.out + out.err)
+
+
+def train(capsys, monkeypatch, tiny_dir, out, *overrides):
+    return trimllm(capsys, monkeypatch, "train", SMOKE, f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN,
+                   "schedule.name=oneshot", "stop.target_fraction=0.34", *overrides)
+
+
+def test_a_run_that_failed_before_stage_0_does_not_block_its_fix(capsys, monkeypatch, tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    from trimllm import pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the Trainer crashed")  # e.g. a value the Trainer cannot take
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "train_stage", crash)
+        with pytest.raises(RuntimeError, match="crashed"):
+            train(capsys, monkeypatch, tiny_dir, out, "train.lr=1e-3")
+    assert (out / "resolved.yaml").is_file() and not (out / "stage_00").exists()
+    code, text = train(capsys, monkeypatch, tiny_dir, out, "train.lr=2e-3")  # the corrected command, no --overwrite
+    assert code == 0, text
+    assert json.loads((out / "run.json").read_text())["recipe"]["train"]["lr"] == 2e-3
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_changing_only_eval_redoes_the_evaluation_without_training(capsys, monkeypatch, tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    assert train(capsys, monkeypatch, tiny_dir, out)[0] == 0
+    stage = (out / "stage_00" / "model.safetensors").stat().st_mtime_ns
+    from trimllm import pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(pipeline, "train_stage", no_training)
+    code, text = train(capsys, monkeypatch, tiny_dir, out, "eval.tasks=[sciq]", "eval.limit=4")
+    assert code == 0, text
+    results = json.loads((out / "final_eval" / "results.json").read_text())
+    assert "trimllm_sciq" in json.dumps(results)
+    assert (out / "stage_00" / "model.safetensors").stat().st_mtime_ns == stage
+    code, text = train(capsys, monkeypatch, tiny_dir, out, "train.lr=1e-3")  # training changed: refused
+    assert code == 2 and "holds a run of a different recipe" in text
+
+
+def test_a_diverged_stage_stops_the_run_and_exports_nothing(capsys, monkeypatch, tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    code, text = train(capsys, monkeypatch, tiny_dir, out, "train.lr=1e30", "lora.method=full")
+    assert code == 2 and "stopped being finite numbers" in text and "Lower train.lr" in text, text
+    assert not (out / "stage_00").exists() and not (out / "final").exists()
+
+
+def test_overwrite_replaces_a_run_folder(capsys, monkeypatch, tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    assert train(capsys, monkeypatch, tiny_dir, out)[0] == 0
+    (out / "final_eval").mkdir()  # a trimllm output inside the run: still a run folder
+    code, text = train(capsys, monkeypatch, tiny_dir, out, "train.lr=1e-3", "--overwrite")
+    assert code == 0, text
+    assert json.loads((out / "run.json").read_text())["recipe"]["train"]["lr"] == 1e-3
+    assert not (out / "final_eval").exists()

@@ -1,0 +1,213 @@
+"""Every check of what a user gives, before any model loads: a recipe's values (:func:`semantic_problems`, run by
+``load_recipe`` and so by ``trimllm validate``) and ``trimllm score``'s options. Each returns every problem at once,
+as messages that say what was given, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from trimllm.config import Recipe
+from trimllm.registry import did_you_mean
+
+
+def semantic_problems(recipe: Recipe) -> list[str]:
+    """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
+    return (_name_problems(recipe) + _range_problems(recipe) + _size_problems(recipe) + _choice_problems(recipe)
+            + _data_problems(recipe))
+
+
+def _name_problems(recipe: Recipe) -> list[str]:
+    """Plug-in names, checked against their registries (the folders' plug-ins)."""
+    from trimllm.freezing import FREEZING
+    from trimllm.methods import METHODS
+    from trimllm.schedules import SCHEDULES
+    from trimllm.scoring import SCORERS
+    from trimllm.scoring.candidates import GRANULARITIES
+
+    named = [("scoring.scorer", recipe.scoring.scorer, SCORERS), ("scoring.proxy", recipe.scoring.proxy, SCORERS),
+             ("schedule.name", recipe.schedule.name, SCHEDULES), ("freeze.mode", recipe.freeze.mode, FREEZING),
+             ("lora.method", recipe.lora.method, METHODS)]
+    problems = [f"{key} {value!r} unknown.{did_you_mean(value, registry.names())} Available: {', '.join(registry.names())}"
+                for key, value, registry in named if value not in registry]
+    if recipe.scoring.granularity not in GRANULARITIES:
+        problems.append(f"scoring.granularity must be one of {GRANULARITIES}")
+    return problems
+
+
+def _range_problems(recipe: Recipe) -> list[str]:
+    """Numbers in their ranges, and at least one stop rule for the schedules that need one."""
+    from trimllm.distributed import world_size
+
+    processes, floor = world_size(), recipe.stop.accuracy_floor
+    checks = [
+        (0 < recipe.scoring.proxy_fraction <= 1, f"scoring.proxy_fraction = {recipe.scoring.proxy_fraction} must be in (0, 1]"),
+        (0 < recipe.pld.theta_bar <= 1 and recipe.pld.gamma >= 0, f"pld.theta_bar = {recipe.pld.theta_bar} must be in (0, 1] and pld.gamma = {recipe.pld.gamma} >= 0"),
+        (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
+        (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
+        (recipe.schedule.per_stage >= 1, "schedule.per_stage must be >= 1"),
+        (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
+        (recipe.train.final_stage_steps is None or recipe.train.final_stage_steps >= 1,
+         "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
+        (recipe.train.stage0_steps is None or recipe.train.stage0_steps >= 0,
+         "train.stage0_steps must be >= 0 (0 = stage 0 does not train), or null for steps_per_stage"),
+        (recipe.train.lr > 0, "train.lr must be > 0"),
+        (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
+        (recipe.train.batch_size % processes == 0, f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by the {processes} processes of this launch"),
+        (floor is None or 0 < floor <= 1, f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"),
+    ]
+    for name in ("target_fraction", "target_params_fraction"):
+        value = getattr(recipe.stop, name)
+        checks.append((value is None or 0 < value < 1, f"stop.{name} = {value} must be in (0, 1): a share of the model to remove"))
+    if recipe.schedule.name not in ("none", "oneshot"):
+        stops = (recipe.stop.target_fraction, recipe.stop.target_params_fraction, recipe.stop.max_modules, floor)
+        checks.append((any(s is not None for s in stops), "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"))
+    if recipe.schedule.name == "oneshot":
+        checks.append((recipe.stop.target_fraction is not None, "schedule oneshot needs stop.target_fraction"))
+    return [message for ok, message in checks if not ok] + _distill_problems(recipe)
+
+
+def _size_problems(recipe: Recipe) -> list[str]:
+    """Counts and rates that cannot work. A size of 0 or below is refused, never read as "all" (null means all)."""
+    d, t, lora, s, e = recipe.data, recipe.train, recipe.lora, recipe.scoring, recipe.eval
+    at_least_one = [("data.n_train", d.n_train, "null for all the rest of the train side"),
+                    ("data.max_length", d.max_length, ""), ("train.batch_size", t.batch_size, ""),
+                    ("train.grad_accum", t.grad_accum, ""), ("train.logging_steps", t.logging_steps, ""),
+                    ("lora.r", lora.r, ""), ("scoring.batch_size", s.batch_size, ""),
+                    ("scoring.angular_n", s.angular_n, ""), ("scoring.proxy_k", s.proxy_k, "null to scan every candidate"),
+                    ("stop.max_modules", recipe.stop.max_modules, "null for no limit"),
+                    ("eval.batch_size", e.batch_size, "")]
+    problems = [f"{key} = {value} must be >= 1" + (f" ({hint})" if hint else "")
+                for key, value, hint in at_least_one if value is not None and value < 1]
+    checks = [
+        (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
+        (0 <= t.warmup_ratio <= 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1] (a share of a stage's steps)"),
+        (math.isfinite(t.weight_decay) and t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay} must be >= 0"),
+        (lora.alpha > 0, f"lora.alpha = {lora.alpha} must be > 0"),
+        (0 <= lora.dropout < 1, f"lora.dropout = {lora.dropout} must be in [0, 1)"),
+        (e.limit is None or e.limit > 0, f"eval.limit = {e.limit} must be > 0 (documents per task), or null for all"),
+    ]
+    return problems + [message for ok, message in checks if not ok]
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _choice_problems(recipe: Recipe) -> list[str]:
+    """Names checked against what will use them: dtypes, transformers' schedulers and optimizers, lm-eval tasks,
+    files that must exist."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from trimllm.evaluation import resolve_tasks
+
+    problems = []
+    for key, value, choices in [("model.dtype", recipe.model.dtype, DTYPES),
+                                ("train.lr_scheduler", recipe.train.lr_scheduler, [x.value for x in SchedulerType]),
+                                ("train.optim", recipe.train.optim, ["auto", *(x.value for x in OptimizerNames)])]:
+        if value not in choices:
+            problems.append(f"{key} {value!r} unknown.{did_you_mean(value, choices)} Available: {', '.join(choices)}")
+    for name in recipe.eval.tasks:
+        try:
+            resolve_tasks([name])
+        except ValueError as err:
+            problems.append(f"eval.tasks: {err}")
+    if recipe.train.deepspeed and not Path(recipe.train.deepspeed).is_file():
+        problems.append(f"train.deepspeed: file {recipe.train.deepspeed} not found (a DeepSpeed JSON config)")
+    name = recipe.model.name
+    if _looks_like_path(name) and not Path(name).expanduser().exists():
+        problems.append(f"model.name: {name} not found (a local model folder or .gguf file)")
+    return problems
+
+
+def _looks_like_path(name: str) -> bool:
+    """A model spec that can only be a local path: hub ids are ``org/name``, never absolute or relative."""
+    return name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf") or name.count("/") > 1
+
+
+def _distill_problems(recipe: Recipe) -> list[str]:
+    """The distillation settings, and a teacher the schedule can provide."""
+    cfg, order = recipe.distill, recipe.scoring.order
+    checks = [
+        (order in ("rescore", "fixed"), f"scoring.order = {order!r} must be rescore or fixed"),
+        (order == "rescore" or recipe.schedule.name == "progressive",
+         f"scoring.order = fixed applies to schedule progressive, not {recipe.schedule.name!r}"),
+    ]
+    if cfg.enabled:
+        checks += [
+            (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
+            (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
+            (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
+            (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
+            (cfg.teacher != "stage0" or recipe.schedule.name not in ("oneshot", "none"),
+             f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {recipe.schedule.name!r} does not "
+             "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
+        ]
+    return [message for ok, message in checks if not ok]
+
+
+def _data_problems(recipe: Recipe) -> list[str]:
+    """The data set exists, has a prompt and a train side large enough for the sizes asked (no test item used)."""
+    from trimllm.data import DataFormatError, DataNotFoundError, get_spec, load_side
+    from trimllm.prompts import supported
+
+    task = recipe.data.task
+    try:
+        get_spec(task)
+    except ValueError as err:
+        return [f"data.task: {err}"]
+    if task not in supported():
+        return [f"data.task {task!r} has no prompt format; use one of {', '.join(supported())}"]
+    try:
+        train_side = len(load_side(task, "train"))
+    except (DataNotFoundError, DataFormatError) as err:
+        return [f"data.task: {err}"]
+    if train_side == 0:
+        return [f"data.task {task!r} has no train side (it is evaluation only): training, validation and "
+                "calibration would have to use its test items"]
+    needed = recipe.data.n_validation + recipe.data.n_calibration + (recipe.data.n_train or 1)
+    if needed > train_side:
+        return [f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
+                f"records of {task}; lower them (test items are never used)"]
+    return []
+
+
+def score_option_problems(names: list[str], data: str, granularity: str, proxy: str, proxy_k: int | None,
+                    proxy_fraction: float) -> list[str]:
+    """Every problem with `trimllm score`'s options at once, before the model loads."""
+    from trimllm.data import get_spec
+    from trimllm.prompts import supported
+    from trimllm.scoring import SCORERS
+    from trimllm.scoring.candidates import GRANULARITIES
+
+    problems = []
+    if not 0 < proxy_fraction <= 1:
+        problems.append(f"--proxy-fraction must be in (0, 1], got {proxy_fraction}")
+    for name in names + ([proxy] if proxy_k else []):
+        try:
+            SCORERS.get(name)
+        except ValueError as err:
+            problems.append(str(err))
+    if granularity not in GRANULARITIES:
+        problems.append(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    try:
+        get_spec(data)
+        if data not in supported():
+            problems.append(f"--data {data!r} has no multiple-choice prompt; use one of {', '.join(supported())}")
+    except ValueError as err:
+        problems.append(str(err))
+    return problems
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input rather than a bug in trimllm."""
+    from trimllm.architectures import UnsupportedArchitectureError
+    from trimllm.config import RecipeError
+    from trimllm.data import DataFormatError, DataNotFoundError
+    from trimllm.modeling import ModelLoadError
+    from trimllm.outputs import OutputError
+    from trimllm.train import TrainingDiverged
+
+    return (UnsupportedArchitectureError, RecipeError, DataNotFoundError, DataFormatError, ModelLoadError, OutputError,
+            TrainingDiverged)
