@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from trimllm import stop
 from trimllm.architectures import get_arch
 from trimllm.atomic import atomic_directory, write_text_atomic
-from trimllm.config import Recipe
+from trimllm.config import Recipe, RecipeError
 from trimllm.data import train_side_splits
 from trimllm.decisions import Inputs, frozen_blocks, granularity, schedule_decision
 from trimllm.distill import load_teacher, teacher_source
@@ -45,6 +45,7 @@ from trimllm.scoring.candidates import remove_candidate
 from trimllm.sft import sft_examples
 from trimllm.surgery import freeze_blocks, get_plan
 from trimllm.train import StageStats, peak_memory_mb, train_stage
+from trimllm.validation import target_module_problems
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ def setup(recipe: Recipe, overwrite: bool) -> RunState:
             logger.info("resuming %s after stage %d", out, previous.stages[-1].stage)
     model, tokenizer = load_model(source, dtype=recipe.model.dtype)
     get_arch(model)  # an unsupported family fails here, in one message, before any data or training
+    problems = target_module_problems(model, recipe.lora.target_modules)
+    if problems:
+        raise RecipeError(problems, "recipe")
     data = recipe.data
     splits = train_side_splits(data.task, data.n_validation, data.n_calibration, data.seed, data.n_train)
     items = {name: [mc_item(data.task, r) for r in records] for name, records in splits.items()}

@@ -211,3 +211,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     return (UnsupportedArchitectureError, RecipeError, DataNotFoundError, DataFormatError, ModelLoadError, OutputError,
             TrainingDiverged)
+
+
+def target_module_problems(model, targets: str | list[str]) -> list[str]:
+    """``lora.target_modules`` against the loaded model: each name must end a linear module's name (as peft
+    matches them); ``all-linear`` always fits."""
+    from torch import nn
+
+    if isinstance(targets, str):
+        return [] if targets == "all-linear" else target_module_problems(model, [targets])
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    return [f"lora.target_modules: {name!r} names no linear module of this model.{did_you_mean(name, linear)} "
+            f"Linear modules: {', '.join(sorted(linear))} (or all-linear)" for name in targets if name not in linear]

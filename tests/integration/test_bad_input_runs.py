@@ -86,3 +86,12 @@ def test_overwrite_replaces_a_run_folder(capsys, monkeypatch, tmp_path, tiny_dir
     assert code == 0, text
     assert json.loads((out / "run.json").read_text())["recipe"]["train"]["lr"] == 1e-3
     assert not (out / "final_eval").exists()
+
+
+def test_target_modules_are_checked_against_the_loaded_model(capsys, monkeypatch, tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    code, text = train(capsys, monkeypatch, tiny_dir, out, "lora.target_modules=[q_projj,v_proj]")
+    assert code == 2 and "'q_projj' names no linear module of this model. Did you mean 'q_proj'?" in text, text
+    assert "v_proj'" not in text.split("Linear modules")[0]  # the right name is not reported
+    assert not (out / "stage_00").exists()
+    assert train(capsys, monkeypatch, tiny_dir, out, "lora.target_modules=[q_proj,v_proj]")[0] == 0  # the fix runs
