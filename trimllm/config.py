@@ -103,6 +103,9 @@ class TrainConfig:
     fsdp: str = ""  # passed to TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
     fsdp_config: dict | None = None
     deepspeed: str | None = None  # path of a DeepSpeed JSON config, passed to TrainingArguments.deepspeed
+    # Experiment trackers, as transformers names them (tensorboard, wandb, mlflow, ...); none = the console and
+    # metrics.jsonl only. TensorBoard logs go to output_dir/tensorboard/stage_XX (pip install trimllm[tensorboard]).
+    report_to: str | list[str] = "none"
     seed: int = 0
 
 

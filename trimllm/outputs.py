@@ -16,7 +16,7 @@ from trimllm.plan import PLAN_FILE
 
 # The top-level names each kind of output folder holds; the first name of each is its marker.
 _RUN = ("resolved.yaml", "run.json", PLAN_FILE, "metrics.jsonl", "report.md", "loss.png", "accuracy.png", ".trainer",
-        "final", "final_eval")
+        "final", "final_eval", "tensorboard")
 _EXPORT = (PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
            "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
            "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")

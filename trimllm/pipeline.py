@@ -38,7 +38,7 @@ from trimllm.multiple_choice import mc_accuracy
 from trimllm.plan import count_parameters
 from trimllm.prompts import MCItem, mc_item
 from trimllm.records import RunFile, StagePlan, StageRecord
-from trimllm.report import stage_line, stage_plots, stage_report, throughput_line
+from trimllm.report import progress_line, stage_line, stage_plots, stage_report, throughput_line
 from trimllm.rundir import prepare, trainer_dir
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
@@ -73,7 +73,10 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict:
     calls this; decisions are made on rank 0 and broadcast, files are written by rank 0.
     """
     init()
+    started = time.perf_counter()
     state = setup(recipe, overwrite)
+    expected = stop.expected_stages(recipe.schedule.name, recipe.schedule.per_stage, get_plan(state.model),
+                                    recipe.stop, granularity(recipe), len(state.run.stages))
     if state.run.final is None:
         while not (state.run.stages and state.run.stages[-1].last):
             plan = state.run.running or decide(state, len(state.run.stages))
@@ -86,6 +89,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict:
             if is_main():
                 shutil.rmtree(trainer_dir(state.out, record.stage), ignore_errors=True)
                 logger.info(stage_line(record, world_size()))
+                logger.info(progress_line(len(state.run.stages), expected, time.perf_counter() - started))
         state.run.final = stop.choose_final(state.run.stages, recipe.stop.accuracy_floor)
         finish(state)
     barrier()

@@ -105,6 +105,36 @@ def stage_line(record: StageRecord, processes: int = 1) -> str:
             f"training {seconds['training']:.0f}s, eval {seconds['evaluation']:.0f}s | {throughput_line([record])}")
 
 
+def progress_line(done: int, expected: int | None, seconds: float) -> str:
+    """Where the run is after ``done`` stages: elapsed wall time and, when the stage count is known, an ETA from
+    the mean stage so far."""
+    if expected is None or expected <= done:
+        return f"{done} stages done | elapsed {_clock(seconds)}"
+    return (f"{done} of ~{expected} stages done | elapsed {_clock(seconds)} | "
+            f"ETA ~{_clock(seconds / done * (expected - done))}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def run_summary(run: dict, out: str | Path, wall_seconds: float) -> str:
+    """The block printed at the end of `trimllm train`: what the run cost and where its outputs are."""
+    stages = [StageRecord(**s) for s in run["stages"]]
+    final = run["final"]
+    chosen = stages[final["stage"]]
+    return "\n".join([
+        "", "== trimllm run finished ==",
+        f"stages      {len(stages)}; final/ = stage {final['stage']}: {run['num_layers']} -> {chosen.blocks_kept} blocks, "
+        f"{run['params_original']:,} -> {chosen.params:,} params, val acc {final['val_acc']:.4f}",
+        f"wall time   {_clock(wall_seconds)} this invocation; stages {_clock(sum(sum(s.seconds.values()) for s in stages))} "
+        "(scoring + training + validation)",
+        f"training    {throughput_line(stages)}",
+        f"outputs     {Path(out) / 'final'}  {Path(out) / 'report.md'}",
+    ])
+
+
 def throughput_line(stages: list[StageRecord]) -> str:
     """Training tokens (real / as computed with padding), real tokens/s and peak memory of some stages."""
     real = sum(s.tokens["real"] for s in stages)

@@ -39,6 +39,18 @@ def target_reached(plan: Plan, params: int, stop: StopConfig, granularity: str) 
     return budget(plan, stop, granularity) == 0
 
 
+def expected_stages(schedule: str, per_stage: int, plan: Plan, stop: StopConfig, granularity: str,
+                    completed: int) -> int | None:
+    """About how many stages the run will have in all, for its progress lines: stage 0 (full depth; oneshot: the
+    only one) plus the removal stages the budget allows. None when only a parameter target or the floor ends it."""
+    if schedule in ("none", "oneshot"):
+        return 1
+    if stop.target_fraction is None and stop.max_modules is None:
+        return None
+    per = per_stage if schedule == "progressive" else 1
+    return max(completed, 1) + -(-budget(plan, stop, granularity) // per)
+
+
 def below_floor(stages: list[StageRecord], floor: float | None) -> bool:
     """The last stage's validation accuracy fell below ``floor`` x stage 0's: no later stage can be chosen."""
     return floor is not None and len(stages) > 1 and stages[-1].val_acc < floor * stages[0].val_acc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from trimllm.config import Recipe
 from trimllm.distributed import is_main, world_size
@@ -140,6 +141,30 @@ class StageTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
+class StageProgress(ProgressCallback):
+    """The Trainer's progress bar, tagged with the stage, with log lines of numbers (transformers prints dicts of
+    strings: ``{'loss': '7.347'}``)."""
+
+    def __init__(self, stage: int):
+        super().__init__()
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(f"stage {self.stage}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(log_line(self.stage, state.global_step, state.max_steps, logs or {}))
+
+
+def log_line(stage: int, step: int, steps: int, logs: dict) -> str:
+    """``stage 1 | step 30/94 | loss 0.9137 | learning_rate 0.0001758 | ...`` (numbers to 4 significant digits)."""
+    shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k != "total_flos"]
+    return " | ".join([f"stage {stage}", f"step {step}/{steps}", *shown])
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or the weights of a stage stopped being finite numbers: nothing of the stage is exported."""
 
@@ -198,10 +223,13 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     if recipe.pld.enabled:
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
         stage_callbacks.append(pld_callback(pld, stage * cfg.steps_per_stage))
-    trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps, method),
-                           train_dataset=examples, callbacks=stage_callbacks, group_by_length=cfg.group_by_length,
-                           data_collator=SFTCollator(pad_id(tokenizer), all_positions=_all_positions(distiller)),
-                           distiller=distiller)
+    with _tensorboard_dir(metrics_path.parent / "tensorboard" / f"stage_{stage:02d}"):
+        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps, method),
+                               train_dataset=examples, callbacks=stage_callbacks, group_by_length=cfg.group_by_length,
+                               data_collator=SFTCollator(pad_id(tokenizer), all_positions=_all_positions(distiller)),
+                               distiller=distiller)
+    if trainer.pop_callback(ProgressCallback) is not None:  # the bar (rank 0; other ranks have none)
+        trainer.add_callback(StageProgress(stage))
     checkpoint = last_checkpoint(work_dir) if resume else None
     if checkpoint is not None:
         logger.info("stage %d: resuming from %s", stage, checkpoint)
@@ -221,6 +249,21 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     for param in merged.parameters():
         param.requires_grad_(True)
     return merged.eval(), stats
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(path: Path):
+    """Where the Trainer's TensorBoard callback writes: transformers reads TENSORBOARD_LOGGING_DIR when the Trainer
+    is built and otherwise writes under the Trainer's output_dir, which trimllm deletes once a stage completes."""
+    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR")
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old
 
 
 def _distiller(recipe: Recipe, model: nn.Module, teacher: nn.Module | None):
@@ -276,7 +319,7 @@ def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | 
         save_strategy="steps" if checkpoints else "no",
         save_steps=cfg.save_steps if checkpoints else 500,
         save_total_limit=1,  # resuming needs only the newest
-        report_to=[],
+        report_to=cfg.report_to,
         seed=cfg.seed + stage,
         data_seed=cfg.seed + stage,
         use_cpu=not cuda,

@@ -82,7 +82,7 @@ def _size_problems(recipe: Recipe) -> list[str]:
                 for key, value, hint in at_least_one if value is not None and value < 1]
     checks = [
         (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
-        (0 <= t.warmup_ratio <= 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1] (a share of a stage's steps)"),
+        (0 <= t.warmup_ratio < 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
         (math.isfinite(t.weight_decay) and t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay} must be >= 0"),
         (lora.alpha > 0, f"lora.alpha = {lora.alpha} must be > 0"),
         (0 <= lora.dropout < 1, f"lora.dropout = {lora.dropout} must be in [0, 1)"),
@@ -113,11 +113,34 @@ def _choice_problems(recipe: Recipe) -> list[str]:
             resolve_tasks([name])
         except ValueError as err:
             problems.append(f"eval.tasks: {err}")
+    problems += _report_to_problems(recipe.train.report_to)
     if recipe.train.deepspeed and not Path(recipe.train.deepspeed).is_file():
         problems.append(f"train.deepspeed: file {recipe.train.deepspeed} not found (a DeepSpeed JSON config)")
     name = recipe.model.name
     if _looks_like_path(name) and not Path(name).expanduser().exists():
         problems.append(f"model.name: {name} not found (a local model folder or .gguf file)")
+    return problems
+
+
+def _report_to_problems(report_to: str | list[str]) -> list[str]:
+    """Tracker names as transformers knows them, each installed (transformers fails late, inside the Trainer)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [report_to] if isinstance(report_to, str) else report_to
+    if names in (["none"], ["all"], []):
+        return []
+    installed = get_available_reporting_integrations()
+    problems = []
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            problems.append(f"train.report_to {name!r} unknown.{did_you_mean(name, INTEGRATION_TO_CALLBACK)} "
+                            f"Available: none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
+        elif name not in installed:
+            extra = "pip install 'trimllm[tensorboard]'" if name == "tensorboard" else f"install {name}"
+            problems.append(f"train.report_to {name!r}: its package is not installed ({extra})")
     return problems
 
 

@@ -48,6 +48,9 @@ def test_a_run_that_failed_before_stage_0_does_not_block_its_fix(capsys, monkeyp
     assert (out / "resolved.yaml").is_file() and not (out / "stage_00").exists()
     code, text = train(capsys, monkeypatch, tiny_dir, out, "train.lr=2e-3")  # the corrected command, no --overwrite
     assert code == 0, text
+    summary = text.split("== trimllm run finished ==")[1]  # the end-of-run block: cost and where things are
+    assert "stages 1; final/ = stage 0: 6 -> 4 blocks" in summary and "tokens/s, peak memory" in summary
+    assert f"{out / 'final'} {out / 'report.md'}" in summary
     assert json.loads((out / "run.json").read_text())["recipe"]["train"]["lr"] == 2e-3
     assert (out / "final" / "model.safetensors").is_file()
 

@@ -252,3 +252,15 @@ def test_no_warning_a_user_cannot_act_on(tiny_dir, tmp_path):
         warnings.simplefilter("always")
         run_tiny(tiny_dir, tmp_path / "quiet", "schedule.name=none")
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_report_to_tensorboard_writes_event_files_in_the_run_folder(tiny_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_tiny(tiny_dir, out, "schedule.name=oneshot", "stop.target_fraction=0.34", "train.report_to=tensorboard")
+    stage = out / "tensorboard" / "stage_00"
+    events = EventAccumulator(str(stage)).Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) == 2 and all(v > 0 for v in losses)  # logging_steps=1, 2 steps
+    assert not (out / ".trainer").exists()  # the Trainer's folder is gone, the logs stayed

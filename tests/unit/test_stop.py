@@ -73,3 +73,29 @@ def test_run_file_round_trip(tmp_path):
     assert run.to_dict()["final"]["from"] == "stage_00" and "running" not in run.to_dict()
     run.write(tmp_path)
     assert RunFile.read(tmp_path).final == run.final
+
+
+def test_expected_stages_counts_stage_0_and_the_removal_stages():
+    from trimllm.config import StopConfig
+    from trimllm.plan import Plan
+    from trimllm.stop import expected_stages
+
+    fresh = Plan("m", "llama", 30)
+    assert expected_stages("progressive", 2, fresh, StopConfig(target_fraction=0.14), "block", 0) == 3  # 4 blocks
+    assert expected_stages("progressive", 5, fresh, StopConfig(target_fraction=0.5), "block", 0) == 4  # 15 blocks
+    assert expected_stages("trimllm", 1, fresh, StopConfig(target_fraction=0.1), "sublayer", 0) == 7  # 6 halves
+    assert expected_stages("oneshot", 1, fresh, StopConfig(target_fraction=0.5), "block", 0) == 1
+    assert expected_stages("progressive", 1, fresh, StopConfig(target_fraction=None, accuracy_floor=0.9), "block", 0) is None
+    resumed = Plan("m", "llama", 30, dropped=[3, 4])  # after stage 1 of a 2-per-stage run
+    assert expected_stages("progressive", 2, resumed, StopConfig(target_fraction=0.14), "block", 2) == 3
+
+
+def test_progress_line_and_log_line():
+    from trimllm.report import progress_line
+    from trimllm.train import log_line
+
+    assert progress_line(1, 4, 90.0) == "1 of ~4 stages done | elapsed 0:01:30 | ETA ~0:04:30"
+    assert progress_line(4, 4, 3725.0) == "4 stages done | elapsed 1:02:05"
+    assert progress_line(2, None, 10.0) == "2 stages done | elapsed 0:00:10"
+    line = log_line(1, 30, 94, {"loss": 0.91374, "learning_rate": 0.00017581, "epoch": 0.3191, "total_flos": 5.0})
+    assert line == "stage 1 | step 30/94 | loss 0.9137 | learning_rate 0.0001758 | epoch 0.3191"
