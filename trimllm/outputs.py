@@ -19,7 +19,8 @@ _RUN = ("resolved.yaml", "run.json", PLAN_FILE, "metrics.jsonl", "report.md", "l
         "final", "final_eval", "tensorboard")
 _EXPORT = (PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
            "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-           "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+           "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+           "results.json", "results.md")  # `trimllm eval --out` into a model folder adds its results
 _SCORES = ("scores.json", "scores.md", "scores.png")
 _EVAL = ("results.json", "results.md")
 KINDS = {"a trimllm run": _RUN, "a trimllm export": _EXPORT, "trimllm scores": _SCORES, "trimllm results": _EVAL}
@@ -82,16 +83,17 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"{path} cannot be written: no write permission in {existing}")
 
 
-def check_output(folder: Path, overwrite: bool, own: str | None = None) -> None:
-    """The check of a command's output folder: writable; if not empty, it must be ``own`` (the command's own kind
-    of output, replaced file by file) or, with ``overwrite``, replaceable."""
+def check_output(folder: Path, overwrite: bool, own: str | tuple[str, ...] | None = None) -> None:
+    """The check of a command's output folder: writable; if not empty, it must be of a kind in ``own`` (the
+    command's own kinds of output, written into file by file) or, with ``overwrite``, replaceable."""
     check_writable(folder)
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     if overwrite:
         check_replaceable(folder)
-    elif own is None or kind_of(folder) != own:
-        raise OutputError(f"{folder} is not empty and does not hold {own or 'a trimllm output'}; choose another "
+    elif own is None or kind_of(folder) not in ((own,) if isinstance(own, str) else own):
+        kinds = " or ".join((own,) if isinstance(own, str) else own) if own else "a trimllm output"
+        raise OutputError(f"{folder} is not empty and does not hold {kinds}; choose another "
                           "folder" + (", or pass --overwrite if it holds an earlier trimllm output" if own is None
                                       else ""))

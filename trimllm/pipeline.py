@@ -173,7 +173,8 @@ def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
     record = _record(state, plan, trained, val_acc, training_s, time.perf_counter() - started)
     if is_main():
         card = f"## trimllm run\n\nStage {plan.stage}: validation accuracy {val_acc:.4f} on {recipe.data.task}."
-        save_compressed(state.model, state.tokenizer, state.out / record.dir, overwrite=True, extra_card=card)
+        save_compressed(state.model, state.tokenizer, state.out / record.dir, overwrite=True, extra_card=card,
+                        recipe=state.recipe.to_dict())
     barrier()
     return record
 
@@ -225,12 +226,14 @@ def finish(state: RunState) -> None:
     write_text_atomic(state.out / "report.md", stage_report(state.run.to_dict()["stages"], final.to_dict(), state.recipe))
     stage_plots(state.out)
     if state.recipe.eval.tasks:
-        from trimllm.evaluation import evaluate, write_results
+        from trimllm.evaluation import evaluate, results_table, write_results
+        from trimllm.export import add_results_to_card
 
         final_model, tokenizer = load_model(state.out / "final", dtype=state.recipe.model.dtype)
         results = evaluate(final_model, tokenizer, state.recipe.eval.tasks, limit=state.recipe.eval.limit,
                            batch_size=state.recipe.eval.batch_size)
         write_results(results, state.out / "final_eval", final_model)
+        add_results_to_card(state.out / "final", results_table(results, final_model))
     write_run_file(state)  # last: a run file with "final" means everything above is on disk
     logger.info("run: %d stages, final/ = stage %d | training %s", len(state.run.stages), final.stage,
                 throughput_line(state.run.stages))

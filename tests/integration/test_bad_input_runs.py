@@ -69,6 +69,8 @@ def test_changing_only_eval_redoes_the_evaluation_without_training(capsys, monke
     assert code == 0, text
     results = json.loads((out / "final_eval" / "results.json").read_text())
     assert "trimllm_sciq" in json.dumps(results)
+    card = (out / "final" / "README.md").read_text()
+    assert "## Evaluation" in card and "| science |" in card.split("## Evaluation")[1] and "## Recipe" in card
     assert (out / "stage_00" / "model.safetensors").stat().st_mtime_ns == stage
     code, text = train(capsys, monkeypatch, tiny_dir, out, "train.lr=1e-3")  # training changed: refused
     assert code == 2 and "holds a run of a different recipe" in text
@@ -98,3 +100,13 @@ def test_target_modules_are_checked_against_the_loaded_model(capsys, monkeypatch
     assert "v_proj'" not in text.split("Linear modules")[0]  # the right name is not reported
     assert not (out / "stage_00").exists()
     assert train(capsys, monkeypatch, tiny_dir, out, "lora.target_modules=[q_proj,v_proj]")[0] == 0  # the fix runs
+
+
+def test_eval_out_into_a_model_folder_adds_the_results_to_its_card(capsys, monkeypatch, tmp_path, tiny_dir):
+    export = tmp_path / "export"
+    assert trimllm(capsys, monkeypatch, "drop", tiny_dir, "--blocks", "1", "--out", export)[0] == 0
+    code, text = trimllm(capsys, monkeypatch, "eval", export, "--tasks", "sciq", "--limit", "4", "--out", export)
+    assert code == 0, text
+    card = (export / "README.md").read_text()
+    assert "| science |" in card.split("## Evaluation")[1] and (export / "results.json").is_file()
+    assert trimllm(capsys, monkeypatch, "drop", tiny_dir, "--blocks", "2", "--out", export, "--overwrite")[0] == 0

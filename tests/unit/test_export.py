@@ -114,3 +114,33 @@ def test_model_card_describes_the_edit(tmp_path):
     assert "block.0, block.5, mlp.2" in card
     assert "4 blocks" in card and "6 blocks" in card
     assert "from_pretrained" in card
+
+
+def test_model_card_front_matter_recipe_and_no_machine_paths(tmp_path):
+    import yaml
+
+    from tests.conftest import build_tiny
+    from trimllm.config import Recipe
+    from trimllm.export import add_results_to_card, model_card
+    from trimllm.surgery import drop_blocks, get_plan
+
+    model = build_tiny("llama")
+    get_plan(model).base_model = "smollm2-135m"  # as load_model names a packaged model
+    drop_blocks(model, [1])
+    recipe = Recipe().to_dict()
+    recipe["output_dir"] = str(tmp_path / "runs" / "science")
+    recipe["model"]["name"] = str(tmp_path / "models" / "teacher")
+    card = model_card(model, get_plan(model), "", recipe)
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["license"] == "apache-2.0"
+    assert front["pipeline_tag"] == "text-generation" and front["datasets"] == ["sciq"]
+    assert {"trimllm", "layer-pruning", "sciq"} <= set(front["tags"])
+    shown = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
+    assert shown["train"] == recipe["train"] and shown["output_dir"] == "science"
+    assert shown["model"]["name"] == "teacher" and str(tmp_path) not in card
+    (tmp_path / "README.md").write_text(card)
+    add_results_to_card(tmp_path, "| task | acc |\n|---|---|\n| sciq | 0.5 |")
+    add_results_to_card(tmp_path, "| task | acc |\n|---|---|\n| sciq | 0.7 |")  # replaced, not appended
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("## Evaluation") == 1 and "| sciq | 0.7 |" in text and "0.5 |" not in text
+    assert "## Recipe" in text and text.endswith("| sciq | 0.7 |\n")  # the recipe kept, the table last
