@@ -131,6 +131,15 @@ class DistillConfig:
 
 
 @dataclass
+class ExportConfig:
+    """What a run keeps on disk (see README "Disk"). Training always runs, and the resume point is always kept, in
+    the model's dtype, so a resumed run equals an uninterrupted one."""
+
+    dtype: str = "auto"  # dtype of final/ and of superseded stages on disk: auto (as trained), bfloat16, float16, float32
+    stages: str = "all"  # all: every stage_XX kept; final: only the last two (the resume point, the floor's fallback)
+
+
+@dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=list)  # lm-eval tasks / groups run on the final model ([] = none)
     limit: int | None = None
@@ -149,6 +158,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     pld: PLDConfig = field(default_factory=PLDConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/trimllm"
 

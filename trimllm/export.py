@@ -173,6 +173,25 @@ def shown_name(spec: str) -> str:
     return path.name if path.is_absolute() or path.exists() else spec
 
 
+def cast_export(folder: Path, dtype: str) -> None:
+    """Re-save an exported checkpoint's floating-point weights in ``dtype`` (bfloat16 on disk halves a float32
+    export); config.json says the new dtype. Integer tensors and files other than weights are left alone."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in load_file(path).items()}
+        tmp = path.with_name(f".{path.name}.tmp-cast")
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        tmp.replace(path)
+    config_path = Path(folder) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = dtype
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def add_results_to_card(folder: Path, table: str) -> None:
     """Put an evaluation table into the ``## Evaluation`` section of ``folder``'s model card (replacing it)."""
     from trimllm.atomic import write_text_atomic

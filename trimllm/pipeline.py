@@ -31,7 +31,7 @@ from trimllm.data import train_side_splits
 from trimllm.decisions import Inputs, frozen_blocks, granularity, schedule_decision
 from trimllm.distill import load_teacher, teacher_source
 from trimllm.distributed import barrier, init, is_main, on_main, world_size
-from trimllm.export import save_compressed
+from trimllm.export import cast_export, save_compressed
 from trimllm.freezing import chooses_anew
 from trimllm.modeling import load_model
 from trimllm.multiple_choice import mc_accuracy
@@ -88,6 +88,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict:
             write_run_file(state)
             if is_main():
                 shutil.rmtree(trainer_dir(state.out, record.stage), ignore_errors=True)
+                tidy_stages(state)
                 logger.info(stage_line(record, world_size()))
                 logger.info(progress_line(len(state.run.stages), expected, time.perf_counter() - started))
         state.run.final = stop.choose_final(state.run.stages, recipe.stop.accuracy_floor)
@@ -215,13 +216,36 @@ def stage_steps(recipe: Recipe, plan: StagePlan) -> int:
     return cfg.final_stage_steps if cfg.final_stage_steps and plan.last and plan.dropped else cfg.steps_per_stage
 
 
+def tidy_stages(state: RunState) -> None:
+    """Disk (``export``): once a stage is superseded it is cast to ``export.dtype``, and with ``export.stages:
+    final`` only the last two stages stay (the resume point and the accuracy floor's fallback). The resume point
+    and a ``stage0`` distillation teacher, which a resumed run reloads, stay as trained."""
+    cfg, stages = state.recipe.export, state.run.stages
+    teacher = state.recipe.distill.enabled and state.recipe.distill.teacher == "stage0"
+    for index, record in enumerate(stages[:-1]):
+        folder = state.out / record.dir
+        if not folder.is_dir() or (teacher and record.stage == 0):
+            continue
+        if cfg.stages == "final" and index < len(stages) - 2:
+            shutil.rmtree(folder)
+        elif cfg.dtype != "auto" and index == len(stages) - 2:  # just superseded: cast once
+            cast_export(folder, cfg.dtype)
+
+
 def finish(state: RunState) -> None:
     """Copy the chosen stage to final/, write report.md, the plots and the run file (rank 0); evaluate final/."""
     if not is_main():
         return
     final = state.run.final
     source = state.out / final.source
-    atomic_directory(state.out / "final", lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+    dtype = state.recipe.export.dtype
+
+    def write_final(tmp: Path) -> None:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if dtype != "auto":
+            cast_export(tmp, dtype)
+
+    atomic_directory(state.out / "final", write_final)
     shutil.rmtree(state.out / ".trainer", ignore_errors=True)
     write_text_atomic(state.out / "report.md", stage_report(state.run.to_dict()["stages"], final.to_dict(), state.recipe))
     stage_plots(state.out)

@@ -103,7 +103,8 @@ def _choice_problems(recipe: Recipe) -> list[str]:
     from trimllm.evaluation import resolve_tasks
 
     problems = []
-    for key, value, choices in [("model.dtype", recipe.model.dtype, DTYPES),
+    for key, value, choices in [("model.dtype", recipe.model.dtype, DTYPES), ("export.dtype", recipe.export.dtype, DTYPES),
+                                ("export.stages", recipe.export.stages, ["all", "final"]),
                                 ("train.lr_scheduler", recipe.train.lr_scheduler, [x.value for x in SchedulerType]),
                                 ("train.optim", recipe.train.optim, ["auto", *(x.value for x in OptimizerNames)])]:
         if value not in choices:

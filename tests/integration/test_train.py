@@ -264,3 +264,25 @@ def test_report_to_tensorboard_writes_event_files_in_the_run_folder(tiny_dir, tm
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) == 2 and all(v > 0 for v in losses)  # logging_steps=1, 2 steps
     assert not (out / ".trainer").exists()  # the Trainer's folder is gone, the logs stayed
+
+
+def test_export_dtype_and_stages_keep_disk_small_and_the_resume_point_exact(tiny_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    plan = run_tiny(tiny_dir, out, "schedule.name=progressive", "schedule.per_stage=1", "stop.target_fraction=0.34",
+                    "export.dtype=bfloat16", "export.stages=final")
+    assert [s["dir"] for s in plan["stages"]] == ["stage_00", "stage_01", "stage_02"]
+    assert not (out / "stage_00").exists()  # older than the last two
+
+    def dtypes(folder):
+        return {t.dtype for t in load_file(out / folder / "model.safetensors").values()}
+
+    assert dtypes("stage_01") == {torch.bfloat16}  # superseded: cast
+    assert dtypes("stage_02") == {torch.float32}  # the resume point stays as trained
+    assert dtypes("final") == {torch.bfloat16}
+    assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "bfloat16"
+    size = {d: (out / d / "model.safetensors").stat().st_size for d in ("stage_02", "final")}
+    assert size["final"] < 0.6 * size["stage_02"]
+    plain = AutoModelForCausalLM.from_pretrained(out / "final")  # loads anywhere, as bfloat16
+    assert next(plain.parameters()).dtype == torch.bfloat16 and plain.config.num_hidden_layers == 4
