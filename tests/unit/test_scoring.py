@@ -126,9 +126,16 @@ def test_depth_and_random_baselines():
 
 def test_proxy_preselection_scans_only_k():
     model, tokenizer = build_tiny("llama"), tiny_tokenizer()
-    result = run_scorer("task_accuracy", model, tokenizer, CalibrationSet.from_dataset("sciq", 4),
-                        proxy="block_influence", proxy_k=2, max_length=128)
-    assert len(result.meta["scanned"]) == 2
+    calibration = CalibrationSet.from_dataset("sciq", 4)
+    result = run_scorer("task_accuracy", model, tokenizer, calibration, proxy="block_influence", proxy_k=2,
+                        max_length=128)
+    proxy = run_scorer("block_influence", model, tokenizer, calibration, max_length=128)
+    full = run_scorer("task_accuracy", model, tokenizer, calibration, max_length=128)
+    # the k the proxy ranks least important are the ones scanned, and scanned exactly
+    assert result.meta["scanned"] == [c for c, _ in proxy.ranked()[:2]]
+    assert set(result.meta["acc_without"]) == set(result.meta["scanned"])
+    for c in result.meta["scanned"]:
+        assert result.meta["acc_without"][c] == full.meta["acc_without"][c]
     assert {c for c, _ in result.ranked()[:2]} == set(result.meta["scanned"])
 
 
@@ -137,6 +144,10 @@ def test_calibration_excludes_test_items():
         calibration = CalibrationSet.from_dataset(name, 64, seed=5)
         test_ids = {r["_uid"] for r in load_side(name, "test")}
         assert len(set(calibration.uids)) == 64 and not set(calibration.uids) & test_ids
+
+
+def test_every_registered_scorer_is_tested_here():
+    assert sorted(["random", "depth", *CONTENT_SCORERS]) == sorted(SCORERS.names())
 
 
 def test_unknown_scorer_suggests_one():
