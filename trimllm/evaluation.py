@@ -37,6 +37,22 @@ def task_groups() -> dict[str, list[str]]:
     return groups
 
 
+class _InMemoryModelNotice(logging.Filter):
+    """lm-eval warns twice that ``pretrained`` is a model object rather than a name: that is how trimllm evaluates
+    a model in memory (one process), so the warning is one a user can do nothing about."""
+
+    NOTICES = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICES)
+
+
+def _quiet_model_argument_warnings() -> None:
+    hf_logger = logging.getLogger("lm_eval.models.huggingface")
+    if not any(isinstance(f, _InMemoryModelNotice) for f in hf_logger.filters):
+        hf_logger.addFilter(_InMemoryModelNotice())
+
+
 def resolve_tasks(names: list[str]) -> list[str]:
     """Map user task names to lm-eval names: ``sciq`` -> ``trimllm_sciq``, ``science`` -> ``trimllm_science``.
 
@@ -88,6 +104,7 @@ def evaluate(
     from lm_eval.tasks import TaskManager
 
     names = resolve_tasks(tasks)
+    _quiet_model_argument_warnings()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     return simple_evaluate(

@@ -110,3 +110,21 @@ def test_eval_out_into_a_model_folder_adds_the_results_to_its_card(capsys, monke
     card = (export / "README.md").read_text()
     assert "| science |" in card.split("## Evaluation")[1] and (export / "results.json").is_file()
     assert trimllm(capsys, monkeypatch, "drop", tiny_dir, "--blocks", "2", "--out", export, "--overwrite")[0] == 0
+
+
+def test_train_and_eval_print_no_warning_a_user_cannot_act_on(tmp_path, tiny_dir):
+    import os
+    import subprocess
+
+    trimllm_bin = [sys.executable, "-m", "trimllm"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    train = subprocess.run([*trimllm_bin, "train", SMOKE, f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN,
+                            "schedule.name=none"], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    evaluation = subprocess.run([*trimllm_bin, "eval", str(out / "final"), "--tasks", "sciq", "--limit", "2"],
+                                capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    for result in (train, evaluation):
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "FutureWarning" not in result.stderr and "is_gradient_checkpointing" not in result.stderr
+        assert "model kwarg is not of type" not in result.stderr and "already-initialized model" not in result.stderr
+    assert "sciq" in evaluation.stdout  # the results table
