@@ -175,7 +175,7 @@ def score(
     results = []
     for name in names:
         result = run_scorer(name, loaded, tokenizer, calibration, granularity=granularity, batch_size=batch_size,
-                            seed=seed, **scorer_options(name, **settings))
+                            seed=seed, progress=True, **scorer_options(name, **settings))
         typer.echo(f"{name}: least important {', '.join(c for c, _ in result.ranked()[:5])} ({result.meta['seconds']:.1f} s)")
         results.append(result)
     meta = {"model": model, "dataset": data, "n_calib": n_calib, "seed": seed, "granularity": granularity,

@@ -38,6 +38,22 @@ def test_score_writes_json_table_and_heatmap(checkpoint, tmp_path):
     assert "## task_accuracy" in table and "| 1 |" in table
 
 
+def test_score_shows_a_progress_bar_per_scorer(checkpoint, tmp_path, capsys):
+    from trimllm.modeling import load_model
+    from trimllm.scoring import CalibrationSet, run_scorer
+
+    model, tokenizer = load_model(checkpoint)
+    calibration = CalibrationSet.from_dataset("sciq", 4)
+    run_scorer("block_influence", model, tokenizer, calibration, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "scoring block_influence: 1 forward" in err  # 4 examples, one batch
+    from trimllm.scoring import count_hooks
+
+    assert count_hooks(model) == 0  # the bar's hook is gone
+    run_scorer("block_influence", model, tokenizer, calibration, batch_size=2)
+    assert "scoring" not in capsys.readouterr().err
+
+
 def test_score_rejects_unknown_scorer_and_data_before_loading(tmp_path):
     result = CliRunner().invoke(app, ["score", "never-loaded", "--scorer", "block_influnce", "--data", "boolq",
                                       "--out", str(tmp_path / "o")])

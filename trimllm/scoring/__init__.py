@@ -9,6 +9,7 @@ hook behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -59,12 +60,14 @@ def run_scorer(
     calibration: CalibrationSet,
     candidates: list[str] | None = None,
     granularity: str = "block",
+    progress: bool = False,
     **options,
 ) -> ScoreResult:
     """Score ``candidates`` (default: every block or half present) with scorer ``name``.
 
     ``options`` are the scorer's keyword parameters; the calibration settings in :data:`SETTINGS` are passed only
-    to the scorers that take them.
+    to the scorers that take them. ``progress`` shows a bar of the model's forward passes while it scores (scorers
+    differ in how many they make, so the bar counts and times them rather than guessing a total).
 
     Raises:
         UnknownNameError: ``name`` is not a registered scorer (the message lists them).
@@ -81,10 +84,11 @@ def run_scorer(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    try:
-        output = scorer(model, tokenizer, calibration, candidates, **options)
-    finally:
-        model.train(was_training)
+    with _forward_bar(model, f"scoring {name}", progress):
+        try:
+            output = scorer(model, tokenizer, calibration, candidates, **options)
+        finally:
+            model.train(was_training)
     scores, extra = output if isinstance(output, tuple) else (output, {})
     seconds = time.perf_counter() - start
     if count_hooks(model) != hooks_before:
@@ -94,6 +98,28 @@ def run_scorer(
     meta = {"scorer": name, "samples": len(calibration.items), "dataset": calibration.dataset,
             "seconds": round(seconds, 3), "direction": "higher = more important", **extra}
     return ScoreResult(name, {c: float(scores[c]) for c in candidates}, meta)
+
+
+@contextlib.contextmanager
+def _forward_bar(model: nn.Module, label: str, enabled: bool):
+    """A tqdm bar that ticks on every pass through the last block (whole-model forwards, decoder-only ones and the
+    fast scan's partial ones alike); its hook is gone when the block ends."""
+    if not enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=label, unit=" forward") as bar:
+        from trimllm.architectures import get_layers
+
+        def tick(*_) -> None:  # a forward hook that returns a value replaces the block's output: return None
+            bar.update(1)
+
+        handle = get_layers(model)[-1].register_forward_hook(tick)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def scorer_options(name: str, **settings) -> dict:
