@@ -191,11 +191,11 @@ def _check_sizes(sizes: list[tuple[str, int | None, int]]) -> None:
         raise typer.BadParameter("; ".join(problems), param_hint="options")
 
 
-def _check_output(out: Path, overwrite: bool, own: str | None, flag: str) -> None:
-    from trimllm.outputs import OutputError, check_output
+def _check_output(out: Path, overwrite: bool, own, flag: str, writable_only: bool = False) -> None:
+    from trimllm.outputs import OutputError, check_output, check_writable
 
     try:
-        check_output(out, overwrite, own)
+        check_writable(out) if writable_only else check_output(out, overwrite, own)
     except OutputError as err:
         raise typer.BadParameter(str(err), param_hint=flag) from None
 
@@ -295,8 +295,10 @@ def bench(
         raise typer.BadParameter(f"expected comma-separated batch sizes such as 1,8; got {batches!r}", param_hint="--batches") from None
     _check_sizes([("--prompt-len", prompt_len, 1), ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
                   ("--batches", min(sizes, default=0), 1)])
-    if out is not None and out.suffix != ".json":
+    if out is not None and (out.suffix != ".json" or out.is_dir()):
         raise typer.BadParameter(f"--out is a JSON file path, got {out}", param_hint="--out")
+    if out is not None:  # its folder must be writable (or creatable) before the timing runs
+        _check_output(out.parent, False, None, "--out", writable_only=True)
 
     # Load every model first: a bad spec gets one clear error before the (long) timing runs.
     loaded = {spec: load_for_cli(spec, dtype, device)[0] for spec in models}

@@ -142,8 +142,10 @@ def test_a_malformed_data_line_names_file_and_line(capsys, monkeypatch, tmp_path
     (["drop", "no-model", "--out", "{tmp}/d", "--blocks", "1,x"], "comma-separated block indices"),
     (["bench", "no-model", "--repeats", "0"], "--repeats must be >= 1"),
     (["bench", "no-model", "--out", "{tmp}/b.txt"], "--out is a JSON file path"),
+    (["bench", "no-model", "--out", "{tmp}/f/b.json"], "f is a file; the output is a folder"),
 ])
 def test_options_out_of_range_are_refused_before_loading(capsys, monkeypatch, tmp_path, args, words):
+    (tmp_path / "f").write_text("a file where a folder is expected")
     code, out = trimllm(capsys, monkeypatch, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2 and words in out and no_traceback(out), out
     assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
