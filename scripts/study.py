@@ -59,7 +59,6 @@ from trimllm.multiple_choice import mc_correct
 from trimllm.pipeline import run
 from trimllm.prompts import mc_item
 
-EVAL_TASK = {"sciq": "trimllm_sciq", "financial_phrasebank": "trimllm_fpb"}
 N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000}  # the minimum train-side examples: one epoch each
 MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512}  # SciQ's support paragraphs run to ~400 tokens
 ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce", "oneshot-ft-ce")
