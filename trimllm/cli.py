@@ -22,6 +22,17 @@ def _scorer_names() -> list[str]:
     return SCORERS.names()
 
 
+def _plugin_help() -> str:
+    """The registered plug-ins a recipe can name, for `train --help`."""
+    from trimllm.freezing import FREEZING
+    from trimllm.methods import METHODS
+    from trimllm.schedules import SCHEDULES
+
+    return (f"Schedules (schedule.name): {', '.join(SCHEDULES.names())}. Scorers (scoring.scorer): "
+            f"{', '.join(_scorer_names())}. Training methods (lora.method): {', '.join(METHODS.names())}. "
+            f"Freezing (freeze.mode): {', '.join(FREEZING.names())}.")
+
+
 app = typer.Typer(
     help="Specialize decoder LLMs to a domain while removing the blocks it does not need.",
     no_args_is_help=True,
@@ -237,7 +248,7 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     typer.echo(f"{recipe}: OK")
 
 
-@app.command()
+@app.command(epilog=_plugin_help())
 def train(
     recipe: RecipeArg,
     overrides: OverridesArg = None,

@@ -66,5 +66,8 @@ def test_help_texts_list_the_registries_and_say_what_is_deleted():
     score = flat(CliRunner().invoke(app, ["score", "--help"]).output)
     assert all(name in score for name in SCORERS.names())
     train = flat(CliRunner().invoke(app, ["train", "--help"]).output)
+    from trimllm.schedules import SCHEDULES
+
+    assert all(name in train for name in SCHEDULES.names() + SCORERS.names()) and "Schedules (schedule.name)" in train
     assert "resumes" in train and "replace output_dir if it holds a trimllm run (never a folder with other files)" in train
     assert "never a folder with other files" in flat(CliRunner().invoke(app, ["drop", "--help"]).output)
