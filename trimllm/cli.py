@@ -322,13 +322,6 @@ def bench(
         typer.echo(f"\nSaved to {out}")
 
 
-class _QuietLmEval(logging.Filter):
-    """Drop lm-eval's per-task hint about --metadata, printed for every task with a custom loader."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed" not in record.getMessage()
-
-
 def main() -> None:
     # Keep Hugging Face caches inside trimllm's cache unless the user chose otherwise (set before transformers loads).
     from trimllm.modeling import cache_root
@@ -341,7 +334,6 @@ def main() -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # bitsandbytes warns at import that an optional CPU kernel package is missing; its fallback works (QLoRA tests).
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    logging.getLogger("lm_eval.api.task").addFilter(_QuietLmEval())
     from trimllm.validation import user_errors
 
     try:

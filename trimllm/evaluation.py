@@ -37,20 +37,24 @@ def task_groups() -> dict[str, list[str]]:
     return groups
 
 
-class _InMemoryModelNotice(logging.Filter):
-    """lm-eval warns twice that ``pretrained`` is a model object rather than a name: that is how trimllm evaluates
-    a model in memory (one process), so the warning is one a user can do nothing about."""
+class _Notices(logging.Filter):
+    """lm-eval messages a trimllm user can do nothing about: that ``pretrained`` is a model object rather than a
+    name (twice; it is how trimllm evaluates a model in memory), and a hint about ``--metadata`` for every task
+    with a custom loader."""
 
-    NOTICES = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through")
+    NOTICES = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model through",
+               "Custom kwargs can be passed to `--metadata`")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.NOTICES)
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
 
 
-def _quiet_model_argument_warnings() -> None:
-    hf_logger = logging.getLogger("lm_eval.models.huggingface")
-    if not any(isinstance(f, _InMemoryModelNotice) for f in hf_logger.filters):
-        hf_logger.addFilter(_InMemoryModelNotice())
+def _quiet_notices() -> None:
+    for name in ("lm_eval.models.huggingface", "lm_eval.api.task"):
+        lm_eval_logger = logging.getLogger(name)
+        if not any(isinstance(f, _Notices) for f in lm_eval_logger.filters):
+            lm_eval_logger.addFilter(_Notices())
 
 
 def resolve_tasks(names: list[str]) -> list[str]:
@@ -104,7 +108,7 @@ def evaluate(
     from lm_eval.tasks import TaskManager
 
     names = resolve_tasks(tasks)
-    _quiet_model_argument_warnings()
+    _quiet_notices()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     return simple_evaluate(

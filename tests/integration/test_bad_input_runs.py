@@ -127,4 +127,5 @@ def test_train_and_eval_print_no_warning_a_user_cannot_act_on(tmp_path, tiny_dir
         assert result.returncode == 0, result.stderr[-2000:]
         assert "FutureWarning" not in result.stderr and "is_gradient_checkpointing" not in result.stderr
         assert "model kwarg is not of type" not in result.stderr and "already-initialized model" not in result.stderr
+        assert "Custom kwargs can be passed" not in result.stderr
     assert "sciq" in evaluation.stdout  # the results table
