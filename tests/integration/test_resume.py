@@ -75,3 +75,24 @@ def test_a_different_recipe_is_refused_with_the_differences(tiny_dir, tmp_path):
     with pytest.raises(FileExistsError, match=r"different recipe \(train\.lr: 0\.0003 -> 0\.001\)"):
         run(load_recipe(ROOT / "recipes" / "smoke.yaml", [f"model.name={tiny_dir}", f"output_dir={tmp_path / 'r'}",
                                                           *TINY_RUN, "schedule.name=none", "train.lr=1e-3"]))
+
+
+def test_killed_run_with_small_exports_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path):
+    """export.dtype / export.stages shrink what is kept, never what a resumed run reloads."""
+    from safetensors.torch import load_file
+
+    disk = ["export.dtype=bfloat16", "export.stages=final"]
+    reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN, *disk)
+    out = tmp_path / "killed"
+    args = [str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RESUME_RUN,
+            *disk]
+    killed = subprocess.run([sys.executable, "-m", "tests.helpers.killed_train", "2:2", *args], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "TRIMLLM_LOG_LEVEL": "WARNING"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [s["stage"] for s in json.loads((out / "run.json").read_text())["stages"]] == [0, 1]
+    assert {t.dtype for t in load_file(out / "stage_00" / "model.safetensors").values()} == {torch.bfloat16}
+    assert {t.dtype for t in load_file(out / "stage_01" / "model.safetensors").values()} == {torch.float32}
+    resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", args[1:]))
+    assert comparable(resumed) == comparable(reference)
+    torch.testing.assert_close(final_logits(out), final_logits(tmp_path / "ref"), rtol=0, atol=0)
+    assert not (out / "stage_00").exists() and (out / "stage_01").is_dir()  # the last two of three stages
