@@ -90,10 +90,10 @@ def check_output(folder: Path, overwrite: bool, own: str | tuple[str, ...] | Non
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
         return
+    kinds = (own,) if isinstance(own, str) else own or ()
     if overwrite:
         check_replaceable(folder)
-    elif own is None or kind_of(folder) not in ((own,) if isinstance(own, str) else own):
-        kinds = " or ".join((own,) if isinstance(own, str) else own) if own else "a trimllm output"
-        raise OutputError(f"{folder} is not empty and does not hold {kinds}; choose another "
-                          "folder" + (", or pass --overwrite if it holds an earlier trimllm output" if own is None
-                                      else ""))
+    elif kind_of(folder) not in kinds:
+        hint = "" if kinds else ", or pass --overwrite if it holds an earlier trimllm output"
+        raise OutputError(f"{folder} is not empty and does not hold {' or '.join(kinds) or 'a trimllm output'}; "
+                          f"choose another folder{hint}")

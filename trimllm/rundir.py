@@ -45,19 +45,19 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
         elif not (out / "resolved.yaml").is_file():
             raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
                                   "new or empty folder")
-        elif (out / "resolved.yaml").read_text() != resolved and not _completed_stages(out):
+        elif (changed := (out / "resolved.yaml").read_text() != resolved) and not _completed_stages(out):
             # a run that never completed a stage protects nothing: the corrected recipe starts over
             logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
             check_replaceable(out)
             shutil.rmtree(out)
-        elif (out / "resolved.yaml").read_text() != resolved and _changed_keys(out, recipe) <= {"eval"}:
+        elif changed and _changed_keys(out, recipe) <= {"eval"}:
             # only the evaluation asked for changed: keep the training, redo the final evaluation
             logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)
             previous = RunFile.read(out)
             previous.final = None
             write_text_atomic(out / "resolved.yaml", resolved)
             return previous
-        elif (out / "resolved.yaml").read_text() != resolved:
+        elif changed:
             raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(out, recipe)}); "
                                   "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite")
         elif (out / PLAN_FILE).is_file() and not (out / RUN_FILE).is_file():
