@@ -114,3 +114,15 @@ def save_tiny(model_type: str, path):
     build_tiny(model_type).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def run_cli(capsys, monkeypatch, *args) -> tuple[int, str]:
+    """Run ``trimllm ARGS`` through its console entry point (``trimllm.cli.main``, which turns user errors into one
+    message); returns (exit code, stdout + stderr flattened as by :func:`flat`)."""
+    from trimllm import cli
+
+    monkeypatch.setattr(sys, "argv", ["trimllm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, flat(out.out + out.err)

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, flat, save_tiny
+from tests.conftest import ROOT, run_cli, save_tiny
 from tests.integration.test_train import TINY_RUN
-from trimllm import cli
 
 pytestmark = pytest.mark.integration
 SMOKE = str(ROOT / "recipes" / "smoke.yaml")
@@ -21,12 +20,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
-def trimllm(capsys, monkeypatch, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["trimllm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, flat(out.out + out.err)
+trimllm = run_cli  # `trimllm(capsys, monkeypatch, *args)` reads like the command line
 
 
 def train(capsys, monkeypatch, tiny_dir, out, *overrides):

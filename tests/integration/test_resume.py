@@ -37,6 +37,16 @@ def final_logits(out) -> torch.Tensor:
         return model(torch.arange(4, 40).unsqueeze(0)).logits
 
 
+def kill_run(tiny_dir, out, at: str, extra: list[str]) -> list[str]:
+    """Start the resume test's run in ``out`` and SIGKILL it at ``at`` (``stage:step``); returns its overrides."""
+    overrides = [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RESUME_RUN, *extra]
+    killed = subprocess.run([sys.executable, "-m", "tests.helpers.killed_train", at,
+                             str(ROOT / "recipes" / "smoke.yaml"), *overrides], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "TRIMLLM_LOG_LEVEL": "WARNING"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    return overrides
+
+
 DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=0.5", "scoring.order=fixed"]
 
 
@@ -44,17 +54,13 @@ DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=
 def test_killed_mid_stage_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path, extra):
     reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN, *extra)
     out = tmp_path / "killed"
-    args = [str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RESUME_RUN,
-            *extra]
-    killed = subprocess.run([sys.executable, "-m", "tests.helpers.killed_train", "1:2", *args], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "TRIMLLM_LOG_LEVEL": "WARNING"})
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    overrides = kill_run(tiny_dir, out, "1:2", extra)
     partial = json.loads((out / "run.json").read_text())
     assert [s["stage"] for s in partial["stages"]] == [0] and partial["running"]["stage"] == 1
     assert (out / ".trainer" / "stage_01" / "checkpoint-2" / "trainer_state.json").is_file()
     assert not (out / "final").exists()
 
-    resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", args[1:]))
+    resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", overrides))
     assert comparable(resumed) == comparable(reference)
     torch.testing.assert_close(final_logits(out), final_logits(tmp_path / "ref"), rtol=1e-5, atol=1e-5)
     steps = [(m["stage"], m["step"]) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -84,15 +90,11 @@ def test_killed_run_with_small_exports_resumes_to_the_same_plan_and_model(tiny_d
     disk = ["export.dtype=bfloat16", "export.stages=final"]
     reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN, *disk)
     out = tmp_path / "killed"
-    args = [str(ROOT / "recipes" / "smoke.yaml"), f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN, *RESUME_RUN,
-            *disk]
-    killed = subprocess.run([sys.executable, "-m", "tests.helpers.killed_train", "2:2", *args], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "TRIMLLM_LOG_LEVEL": "WARNING"})
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    overrides = kill_run(tiny_dir, out, "2:2", disk)
     assert [s["stage"] for s in json.loads((out / "run.json").read_text())["stages"]] == [0, 1]
     assert {t.dtype for t in load_file(out / "stage_00" / "model.safetensors").values()} == {torch.bfloat16}
     assert {t.dtype for t in load_file(out / "stage_01" / "model.safetensors").values()} == {torch.float32}
-    resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", args[1:]))
+    resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", overrides))
     assert comparable(resumed) == comparable(reference)
     torch.testing.assert_close(final_logits(out), final_logits(tmp_path / "ref"), rtol=0, atol=0)
     assert not (out / "stage_00").exists() and (out / "stage_01").is_dir()  # the last two of three stages

@@ -10,20 +10,13 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, flat, save_tiny
+from tests.conftest import ROOT, run_cli, save_tiny
 from trimllm import cli
 
 SMOKE = str(ROOT / "recipes" / "smoke.yaml")
 
 
-def trimllm(capsys, monkeypatch, *args) -> tuple[int, str]:
-    """Run ``trimllm ARGS`` as the console script does; returns (exit code, stdout + stderr, flattened)."""
-    monkeypatch.setattr(sys, "argv", ["trimllm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else code), flat(out.out + out.err)
+trimllm = run_cli  # `trimllm(capsys, monkeypatch, *args)` reads like the command line
 
 
 @pytest.fixture(scope="module")
