@@ -29,6 +29,15 @@ def parser(doc: str, out: str, section: str) -> argparse.ArgumentParser:
     return p
 
 
+def training_environment(model) -> dict:
+    """The machine description plus the peft and lm-eval versions (the studies train with one, measure with the
+    other)."""
+    import lm_eval
+    import peft
+
+    return {**environment(model), "peft": peft.__version__, "lm_eval": lm_eval.__version__}
+
+
 def command_line(script: str, args, skip: tuple = ("out", "render_only", "section")) -> str:
     """The command that reproduces a run: ``python scripts/<script>`` with every option given or defaulted."""
     options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()

@@ -41,12 +41,12 @@ import numpy as np
 from _common import (
     ROOT,
     command_line,
-    environment,
     environment_line,
     mcnemar_exact,
     parser,
     publish,
     shown_path,
+    training_environment,
     write_json,
     write_section,
 )
@@ -234,7 +234,7 @@ def main() -> None:
     minutes = previous.get("setup", {}).get("minutes", 0.0)
     started = time.time()
     model, _ = load_model(args.model)
-    layers, env = model.config.num_hidden_layers, _environment(model)
+    layers, env = model.config.num_hidden_layers, training_environment(model)
     del model
 
     def save():
@@ -263,13 +263,6 @@ def main() -> None:
                     save()
     figures = save()
     publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
-
-
-def _environment(model) -> dict:
-    import lm_eval
-    import peft
-
-    return {**environment(model), "peft": peft.__version__, "lm_eval": lm_eval.__version__}
 
 
 def _figures(args, records: list[dict], env: dict, minutes: float) -> dict:

@@ -38,11 +38,11 @@ from pathlib import Path
 from _common import (
     ROOT,
     command_line,
-    environment,
     environment_line,
     parser,
     publish,
     shown_path,
+    training_environment,
     write_json,
     write_section,
 )
@@ -152,7 +152,7 @@ def main() -> None:
     for model_name in args.model.split(","):
         model, _ = load_model(model_name)
         layers = model.config.num_hidden_layers
-        env = env or _environment(model)
+        env = env or training_environment(model)
         del model
         with tempfile.TemporaryDirectory(prefix="trimllm-study-") as work:
             for task in args.tasks.split(","):
@@ -185,13 +185,6 @@ def _previous(args) -> dict:
         raise SystemExit(f"--resume: {args.out} was made with other sizes (saved, given): {differ}; "
                          "give the same options or another --out.")
     return previous
-
-
-def _environment(model) -> dict:
-    import lm_eval
-    import peft
-
-    return {**environment(model), "peft": peft.__version__, "lm_eval": lm_eval.__version__}
 
 
 def _figures(args, records: list[dict], env: dict, started: float) -> dict:
