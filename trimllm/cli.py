@@ -112,9 +112,10 @@ def eval_command(
     out: Annotated[Path | None, typer.Option("--out", help="Directory for results.json, results.md, samples.")] = None,
     log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write per-document samples.")] = False,
     list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and groups, then exit.")] = False,
+    include_path: Annotated[Path | None, typer.Option("--include-path", help="More task YAMLs, e.g. a run's tasks/ (your own data set's task).")] = None,
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Evaluate a model on trimllm's domain and general tasks with lm-eval (offline, bundled data)."""
+    """Evaluate a model on trimllm's domain and general tasks (and your own, --include-path) with lm-eval."""
     from trimllm.evaluation import evaluate, resolve_tasks, results_table, task_groups, write_results
 
     if list_tasks:
@@ -124,7 +125,7 @@ def eval_command(
     if model is None:
         raise typer.BadParameter("pass a MODEL to evaluate (or --list)", param_hint="MODEL")
     try:
-        names = resolve_tasks([t for t in tasks.split(",") if t])
+        names = resolve_tasks([t for t in tasks.split(",") if t], include_path)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--tasks") from None
     if log_samples and out is None:
@@ -138,7 +139,7 @@ def eval_command(
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
     loaded, tokenizer = load_for_cli(model, dtype)
     results = evaluate(loaded, tokenizer, names, limit=limit_value, batch_size=batch_size,
-                       num_fewshot=num_fewshot, log_samples=log_samples)
+                       num_fewshot=num_fewshot, log_samples=log_samples, include_path=include_path)
     typer.echo(results_table(results, loaded))
     if out is not None:
         write_results(results, out, loaded)

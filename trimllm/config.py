@@ -27,6 +27,20 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "sciq"  # data set in trimllm.data.DATASETS; its train side feeds training, validation, calibration
+    # Your own data (README "Bring your own data"; set source instead of task). The keys read like an lm-eval task
+    # YAML: Jinja templates over each record, as lm-eval renders them. Relative paths are read from the working
+    # directory; $VARS expand ($TRIMLLM_DATA_DIR defaults to the bundled data folder).
+    source: str | None = None  # a .jsonl / .json / .csv / .parquet file, a folder of them, or a datasets hub id
+    name: str | None = None  # the data set's task name (eval.tasks, lm-eval); default: the source's file stem
+    format: str = "multiple_choice"  # multiple_choice, completion (prompt -> target text) or text (plain corpus)
+    doc_to_text: str | None = None  # the prompt template (multiple_choice, completion)
+    doc_to_choice: str | list[str] | None = None  # the choices: a template giving a list, or a list (multiple_choice)
+    doc_to_target: str | int | None = None  # gold choice (index, or text among the choices) / the completion's text
+    target_delimiter: str = " "  # between prompt and choice (multiple_choice), as in lm-eval
+    text_field: str = "text"  # the record field that holds the text (format text)
+    process_docs: str | None = None  # module.function or file.py:function: datasets.Dataset -> Dataset (lm-eval's)
+    splits: dict | None = None  # {train: file or split, test: file or split[, validation: ...]}; default: carve
+    test_fraction: float = 0.2  # share of the records carved into the test side (by content hash) without splits.test
     n_train: int | None = 1000  # training examples per run (None = all the rest of the train side)
     n_validation: int = 200  # validation examples (train side), for the accuracy floor and the stage table
     n_calibration: int = 64  # calibration examples (train side, disjoint from validation and training)

@@ -173,7 +173,13 @@ def train_side_splits(
     Raises:
         ValueError: the data set has no train side, or it is smaller than the sizes asked for.
     """
-    records = sorted(load_side(name, "train"), key=lambda r: _unit_interval(r["_uid"], f"order-{seed}"))
+    return draw_splits(load_side(name, "train"), name, n_validation, n_calibration, seed, n_train)
+
+
+def draw_splits(records: list[dict], name: str, n_validation: int, n_calibration: int, seed: int = 0,
+                n_train: int | None = None) -> dict[str, list[dict]]:
+    """:func:`train_side_splits` on a given train side (records carrying ``_uid``): a user data set's too."""
+    records = sorted(records, key=lambda r: _unit_interval(r["_uid"], f"order-{seed}"))
     needed = n_validation + n_calibration + (n_train or 1)
     if len(records) < needed:
         raise ValueError(

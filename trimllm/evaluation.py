@@ -57,14 +57,31 @@ def _quiet_notices() -> None:
             lm_eval_logger.addFilter(_Notices())
 
 
-def resolve_tasks(names: list[str]) -> list[str]:
-    """Map user task names to lm-eval names: ``sciq`` -> ``trimllm_sciq``, ``science`` -> ``trimllm_science``.
+def include_tasks(include_path: str | Path | None) -> set[str]:
+    """Names of the tasks whose YAMLs are in ``include_path`` (e.g. a run's ``tasks/``, where trimllm writes the
+    user data set's task)."""
+    if include_path is None or not Path(include_path).is_dir():
+        return set()
+    names = set()
+    for path in Path(include_path).glob("*.yaml"):
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:  # lm-eval's own tags (!function): not a task trimllm wrote
+            continue
+        if isinstance(config, dict) and isinstance(config.get("task"), str):
+            names.add(config["task"])
+    return names
+
+
+def resolve_tasks(names: list[str], include_path: str | Path | None = None) -> list[str]:
+    """Map user task names to lm-eval names: ``sciq`` -> ``trimllm_sciq``, ``science`` -> ``trimllm_science``;
+    a task of ``include_path`` by its own name.
 
     Raises:
         ValueError: a name matches no task or group; the message suggests the closest one.
     """
     groups = task_groups()
-    known = set(groups) | {task for tasks in groups.values() for task in tasks}
+    known = set(groups) | {task for tasks in groups.values() for task in tasks} | include_tasks(include_path)
     resolved = []
     for name in names:
         for candidate in (name, PREFIX + name):
@@ -88,6 +105,7 @@ def evaluate(
     batch_size: int = 8,
     num_fewshot: int | None = None,
     log_samples: bool = False,
+    include_path: str | Path | None = None,
 ) -> dict:
     """Evaluate an in-memory model on trimllm tasks or groups with lm-eval.
 
@@ -99,6 +117,7 @@ def evaluate(
         batch_size: lm-eval batch size.
         num_fewshot: few-shot examples, drawn from the train side (default: the task's, zero).
         log_samples: keep per-document records in ``results["samples"]``.
+        include_path: a folder of further task YAMLs (a run's ``tasks/``: the user data set's task).
 
     Returns:
         lm-eval's results dictionary.
@@ -107,10 +126,11 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    names = resolve_tasks(tasks)
+    names = resolve_tasks(tasks, include_path)
     _quiet_notices()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    extra = [str(include_path)] if include_path is not None and Path(include_path).is_dir() else []
+    manager = TaskManager(include_path=[str(TASKS_DIR), *extra], include_defaults=False)
     return simple_evaluate(
         model=lm,
         tasks=names,
@@ -142,6 +162,12 @@ def results_table(results: dict, model: nn.Module | None = None) -> str:
             f"| {task.removeprefix(PREFIX)} | {_fmt(metrics.get('acc,none'))} | {_fmt(metrics.get('acc_stderr,none'))} "
             f"| {_fmt(metrics.get('acc_norm,none'))} | {_fmt(metrics.get('acc_norm_stderr,none'))} | {n} |"
         )
+    other = [(task, name.split(",")[0], value, metrics.get(name.replace(",", "_stderr,")))
+             for task, metrics in sorted(per_task.items()) for name, value in metrics.items()
+             if ("perplexity" in name or "bits_per_byte" in name) and "_stderr" not in name]
+    if other:  # a completion / text task of your own data: lm-eval's perplexity metrics
+        lines += ["", "| task | metric | value | ± |", "|---|---|---|---|"]
+        lines += [f"| {t.removeprefix(PREFIX)} | {m} | {_fmt(v)} | {_fmt(e)} |" for t, m, v, e in other]
     domain_means = domain_scores(results)
     if domain_means:
         lines += ["", "| domain | mean acc | tasks |", "|---|---|---|"]

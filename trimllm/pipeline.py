@@ -27,22 +27,20 @@ from trimllm import stop
 from trimllm.architectures import get_arch
 from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import Recipe, RecipeError
-from trimllm.data import train_side_splits
 from trimllm.decisions import Inputs, frozen_blocks, granularity, schedule_decision
 from trimllm.distill import load_teacher, teacher_source
 from trimllm.distributed import barrier, init, is_main, on_main, world_size
 from trimllm.export import cast_export, save_compressed
+from trimllm.formats import data_name, training_data, validation_metric, write_task
 from trimllm.freezing import chooses_anew
 from trimllm.modeling import load_model
-from trimllm.multiple_choice import mc_accuracy
 from trimllm.plan import count_parameters
-from trimllm.prompts import MCItem, mc_item
+from trimllm.prompts import MCItem
 from trimllm.records import RunFile, StagePlan, StageRecord
 from trimllm.report import progress_line, stage_line, stage_plots, stage_report, throughput_line
 from trimllm.rundir import prepare, trainer_dir
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
-from trimllm.sft import sft_examples
 from trimllm.surgery import freeze_blocks, get_plan
 from trimllm.train import StageStats, peak_memory_mb, train_stage
 from trimllm.validation import target_module_problems
@@ -62,6 +60,7 @@ class RunState:
     validation: list[MCItem]
     train_examples: list[dict]
     run: RunFile
+    metric: str = "acc"  # the validation metric: acc, or token_prob for completion / text data (trimllm.formats)
     teacher: nn.Module | None = None  # distill.enabled: loaded once, at the first stage that distills
 
 
@@ -113,16 +112,16 @@ def setup(recipe: Recipe, overwrite: bool) -> RunState:
     problems = target_module_problems(model, recipe.lora.target_modules)
     if problems:
         raise RecipeError(problems, "recipe")
-    data = recipe.data
-    splits = train_side_splits(data.task, data.n_validation, data.n_calibration, data.seed, data.n_train)
-    items = {name: [mc_item(data.task, r) for r in records] for name, records in splits.items()}
-    calibration = CalibrationSet(data.task, items["calibration"], data.seed)
-    examples = sft_examples(tokenizer, items["train"], data.max_length)
+    data = training_data(recipe.data, tokenizer)
+    if recipe.data.source and is_main():  # the user's data set as an lm-eval task (eval.tasks, plain lm_eval)
+        write_task(recipe.data, out / "tasks")
+    calibration = CalibrationSet(data_name(recipe.data), data.calibration, recipe.data.seed)
     plan = get_plan(model)
     run_file = previous or RunFile(recipe.to_dict(), plan.base_model, plan.num_layers, plan.params_original)
     if run_file.running and run_file.running.stage != len(run_file.stages):
         run_file.running = None  # a decision whose stage completed after all: decide the next one afresh
-    return RunState(recipe, out, model, tokenizer, calibration, items["validation"], examples, run_file)
+    return RunState(recipe, out, model, tokenizer, calibration, data.validation, data.examples, run_file,
+                    metric=data.metric)
 
 
 def decide(state: RunState, stage: int) -> StagePlan | None:
@@ -169,11 +168,11 @@ def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
         trained = StageStats(0, 0, 0.0, peak_memory_mb())
     training_s = time.perf_counter() - started
     started = time.perf_counter()
-    val_acc = on_main(mc_accuracy, state.model, state.tokenizer, state.validation, recipe.scoring.batch_size,
-                      recipe.data.max_length)
+    val_acc = on_main(validation_metric, state.metric, state.model, state.tokenizer, state.validation,
+                      recipe.scoring.batch_size, recipe.data.max_length)
     record = _record(state, plan, trained, val_acc, training_s, time.perf_counter() - started)
     if is_main():
-        card = f"## trimllm run\n\nStage {plan.stage}: validation accuracy {val_acc:.4f} on {recipe.data.task}."
+        card = f"## trimllm run\n\nStage {plan.stage}: validation {state.metric} {val_acc:.4f} on {data_name(recipe.data)}."
         save_compressed(state.model, state.tokenizer, state.out / record.dir, overwrite=True, extra_card=card,
                         recipe=state.recipe.to_dict())
     barrier()
@@ -255,7 +254,7 @@ def finish(state: RunState) -> None:
 
         final_model, tokenizer = load_model(state.out / "final", dtype=state.recipe.model.dtype)
         results = evaluate(final_model, tokenizer, state.recipe.eval.tasks, limit=state.recipe.eval.limit,
-                           batch_size=state.recipe.eval.batch_size)
+                           batch_size=state.recipe.eval.batch_size, include_path=state.out / "tasks")
         write_results(results, state.out / "final_eval", final_model)
         add_results_to_card(state.out / "final", results_table(results, final_model))
     write_run_file(state)  # last: a run file with "final" means everything above is on disk

@@ -35,7 +35,11 @@ class MCItem:
 
 def mc_item(name: str, record: dict) -> MCItem:
     """The multiple-choice view of a record of data set ``name``, as lm-eval presents it zero-shot."""
-    task = _task(name)
+    return item_from_task(_task(name), record)
+
+
+def item_from_task(task, record: dict) -> MCItem:
+    """The multiple-choice view of ``record`` through an lm-eval task object (a bundled set's or a user's)."""
     choices = task.doc_to_choice(record)
     gold = task.doc_to_target(record)
     gold = gold if isinstance(gold, int) else choices.index(gold)  # lm-eval's rule for a target given as text
@@ -74,7 +78,6 @@ def _configs() -> dict[str, Path]:
 @cache
 def _task(name: str):
     """lm-eval's task object for data set ``name`` (built once; its prompt methods read only the record)."""
-    from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
     configs = _configs()
@@ -86,6 +89,13 @@ def _task(name: str):
     config = load_yaml(configs[name])
     config.setdefault("task", f"{PREFIX}{name}")
     config["dataset_kwargs"] = {"name": name}  # the whole set (a template names no subset)
+    return task_object(config)
+
+
+def task_object(config: dict):
+    """lm-eval's ``ConfigurableTask`` for a task config (its data loaded as the config says)."""
+    from lm_eval.api.task import ConfigurableTask
+
     quiet = logging.getLogger("lm_eval")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # lm-eval notes at init that custom kwargs exist; nothing a user can act on

@@ -73,8 +73,10 @@ def write_scores(results: list[ScoreResult], meta: dict, out_dir: str | Path) ->
 
 def stage_report(stages: list[dict], final: dict, recipe) -> str:
     """report.md of a training run: one row per stage, and which stage became final/."""
+    from trimllm.formats import data_name
+
     lines = [
-        f"# trimllm run: {recipe.model.name} on {recipe.data.task}",
+        f"# trimllm run: {recipe.model.name} on {data_name(recipe.data)}",
         "",
         f"Schedule `{recipe.schedule.name}`, scorer `{recipe.scoring.scorer}` ({recipe.scoring.granularity}), "
         f"freezing `{recipe.freeze.mode}`, {recipe.lora.method}, {recipe.train.steps_per_stage} steps per stage"

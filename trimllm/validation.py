@@ -109,7 +109,10 @@ def _choice_problems(recipe: Recipe) -> list[str]:
                                 ("train.optim", recipe.train.optim, ["auto", *(x.value for x in OptimizerNames)])]:
         if value not in choices:
             problems.append(f"{key} {value!r} unknown.{did_you_mean(value, choices)} Available: {', '.join(choices)}")
+    own = _own_task_name(recipe)
     for name in recipe.eval.tasks:
+        if name == own:
+            continue  # the user data set's task, written into the run folder's tasks/ when the run starts
         try:
             resolve_tasks([name])
         except ValueError as err:
@@ -121,6 +124,12 @@ def _choice_problems(recipe: Recipe) -> list[str]:
     if _looks_like_path(name) and not Path(name).expanduser().exists():
         problems.append(f"model.name: {name} not found (a local model folder or .gguf file)")
     return problems
+
+
+def _own_task_name(recipe: Recipe) -> str | None:
+    from trimllm.user_data import task_name
+
+    return task_name(recipe.data) if recipe.data.source else None
 
 
 def _report_to_problems(report_to: str | list[str]) -> list[str]:
@@ -176,6 +185,8 @@ def _data_problems(recipe: Recipe) -> list[str]:
     from trimllm.data import DataFormatError, DataNotFoundError, get_spec, load_side
     from trimllm.prompts import supported
 
+    if recipe.data.source is not None:
+        return _user_data_problems(recipe)
     task = recipe.data.task
     try:
         get_spec(task)
@@ -195,6 +206,71 @@ def _data_problems(recipe: Recipe) -> list[str]:
         return [f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
                 f"records of {task}; lower them (test items are never used)"]
     return []
+
+
+def _user_data_problems(recipe: Recipe) -> list[str]:
+    """A user data set (``data.source``): keys that fit the format, a source that parses, templates that render on
+    the first records (naming the first that fails), gold among the choices, enough records."""
+    from trimllm.data import DataFormatError, DataNotFoundError
+    from trimllm.user_data import FORMATS, user_sides
+
+    cfg = recipe.data
+    if cfg.format not in FORMATS:
+        return [f"data.format = {cfg.format!r} must be one of {', '.join(FORMATS)}"]
+    needed = {"multiple_choice": ("doc_to_text", "doc_to_choice", "doc_to_target"),
+              "completion": ("doc_to_text", "doc_to_target"), "text": ("text_field",)}[cfg.format]
+    problems = [f"data.{key} is required with data.format {cfg.format} (an lm-eval Jinja template over a record, "
+                "e.g. \"{{question}}\")" for key in needed if getattr(cfg, key) in (None, "")]
+    if cfg.task != "sciq":
+        problems.append(f"data.task = {cfg.task!r} and data.source = {cfg.source!r} are both set; a run trains on one "
+                        "data set: remove one of them")
+    if not 0 < cfg.test_fraction < 1:
+        problems.append(f"data.test_fraction = {cfg.test_fraction} must be in (0, 1)")
+    if cfg.format != "multiple_choice" and "task_accuracy" in (recipe.scoring.scorer, recipe.scoring.proxy):
+        problems.append(f"scoring.scorer task_accuracy needs multiple-choice data (data.format is {cfg.format}); use "
+                        "block_influence, calibration_loss or another scorer")
+    if problems:
+        return problems
+    try:
+        sides = user_sides(cfg)
+    except (DataNotFoundError, DataFormatError) as err:
+        return [str(err)]
+    own_validation = len(sides.validation) if sides.validation is not None else 0
+    needed_records = (0 if own_validation else cfg.n_validation) + cfg.n_calibration + (cfg.n_train or 1)
+    if needed_records > len(sides.train):
+        problems.append(f"data: {needed_records} train-side records needed (n_validation + n_calibration + n_train), "
+                        f"{len(sides.train)} in {cfg.source}; lower the sizes or give more records")
+    if not sides.test:
+        problems.append(f"data: the test side of {cfg.source} is empty; raise data.test_fraction or give data.splits.test")
+    for side, records in (("train", sides.train), ("test", sides.test)):
+        problem = _template_problem(cfg, list(records[:20]), side)
+        if problem:
+            return [*problems, problem]
+    return problems
+
+
+def _template_problem(cfg, records: list[dict], side: str) -> str | None:
+    """The first of ``records`` whose templates fail to render (or whose gold is not among its choices)."""
+    from trimllm.formats import user_task
+
+    if cfg.format == "text":
+        bad = next((i for i, r in enumerate(records) if not isinstance(r.get(cfg.text_field), str)), None)
+        return None if bad is None else (f"data.text_field {cfg.text_field!r}: {side} record {bad} has no text field "
+                                         f"of that name (its fields: {', '.join(k for k in records[bad] if k != '_uid')})")
+    for index, record in enumerate(records):
+        try:
+            task = user_task(cfg, [record])
+            task.doc_to_text(record)
+            gold = task.doc_to_target(record)
+            choices = task.doc_to_choice(record) if cfg.format == "multiple_choice" else None
+            if choices is not None and not (isinstance(gold, int) and 0 <= gold < len(choices)) and gold not in choices:
+                return (f"data.doc_to_target: {side} record {index} gives {gold!r}, which is not among its choices "
+                        f"{choices} (nor an index of one)")
+        except Exception as err:  # noqa: BLE001 (jinja and lm-eval raise many types; the user needs the record)
+            fields = ", ".join(k for k in record if k != "_uid")
+            return (f"data templates fail on {side} record {index} ({type(err).__name__}: {err}); the record's fields "
+                    f"are: {fields}")
+    return None
 
 
 def score_option_problems(names: list[str], data: str, granularity: str, proxy: str, proxy_k: int | None,

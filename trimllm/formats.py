@@ -1,0 +1,171 @@
+"""What a run trains, scores and validates on, per data format, and the lm-eval task of a user's data set.
+
+Three formats (``data.format``), each an lm-eval output type, so the user's templates are rendered by lm-eval's own
+task object (:func:`trimllm.prompts.task_object`) and a generated task YAML evaluates the same items:
+
+- ``multiple_choice`` (lm-eval ``multiple_choice``): prompt + gold choice, loss on the answer; validated by accuracy.
+- ``completion`` (``loglikelihood``): ``doc_to_text`` -> ``doc_to_target``, loss on the target tokens; appended as
+  is, as lm-eval does (start the target with a space). Validated by the target's token probability.
+- ``text`` (``loglikelihood_rolling``): a plain domain corpus, causal LM on every token, documents joined with EOS
+  and cut into ``max_length`` blocks (no padding). Validated by token probability = 1 / perplexity.
+
+Token probability is ``exp(-mean NLL)`` over the scored tokens: a monotone map of the target log-likelihood (or of
+perplexity) into (0, 1] where higher is better, so the accuracy floor ("keep stages at >= floor x stage 0") works
+unchanged; for ``text`` it is a ceiling on perplexity, ppl <= ppl_0 / floor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from trimllm.data import draw_splits, train_side_splits
+from trimllm.prompts import MCItem, item_from_task, mc_item, task_object
+from trimllm.user_data import task_name, user_sides
+
+OUTPUT_TYPES = {"multiple_choice": "multiple_choice", "completion": "loglikelihood", "text": "loglikelihood_rolling"}
+METRICS = {  # lm-eval's metrics of each output type
+    "multiple_choice": ["acc", "acc_norm"],
+    "completion": ["perplexity", "acc"],  # acc: the target is the greedy continuation
+    "text": ["word_perplexity", "byte_perplexity", "bits_per_byte"],
+}
+AGGREGATION = {"acc": "mean", "acc_norm": "mean", "perplexity": "perplexity", "word_perplexity": "weighted_perplexity",
+               "byte_perplexity": "weighted_perplexity", "bits_per_byte": "bits_per_byte"}  # lm-eval's defaults
+
+
+@dataclass
+class TrainingData:
+    """A run's train-side data: training examples, validation and calibration items, and the validation metric."""
+
+    examples: list[dict]
+    validation: list[MCItem]
+    calibration: list[MCItem]
+    metric: str  # acc (multiple choice) or token_prob (completion, text)
+
+
+def data_format(cfg) -> str:
+    return cfg.format if cfg.source else "multiple_choice"
+
+
+def data_name(cfg) -> str:
+    """The data set's name: the bundled ``data.task``, or the user data set's task name."""
+    return task_name(cfg) if cfg.source else cfg.task
+
+
+def training_data(cfg, tokenizer) -> TrainingData:
+    """The train side of ``cfg`` (a :class:`trimllm.config.DataConfig`) drawn into training, validation and
+    calibration (disjoint; no test item), as examples and items of its format."""
+    from trimllm.sft import sft_examples
+
+    if not cfg.source:
+        splits = train_side_splits(cfg.task, cfg.n_validation, cfg.n_calibration, cfg.seed, cfg.n_train)
+        items = {k: [mc_item(cfg.task, r) for r in records] for k, records in splits.items()}
+        return TrainingData(sft_examples(tokenizer, items["train"], cfg.max_length), items["validation"],
+                            items["calibration"], "acc")
+    splits = user_splits(cfg)
+    if cfg.format == "text":
+        blocks = {k: text_blocks(tokenizer, [r[cfg.text_field] for r in v], cfg.max_length) for k, v in splits.items()}
+        examples = [{"input_ids": b, "labels": [-100, *b[1:]]} for b in blocks["train"]]  # no target for token 0
+        prefix = tokenizer.eos_token or ""
+        items = {k: [MCItem(prefix, (tokenizer.decode(b),), 0) for b in v] for k, v in blocks.items()}
+        return TrainingData(examples, items["validation"], items["calibration"], "token_prob")
+    items = {k: user_items(cfg, v) for k, v in splits.items()}
+    metric = "acc" if cfg.format == "multiple_choice" else "token_prob"
+    return TrainingData(sft_examples(tokenizer, items["train"], cfg.max_length), items["validation"],
+                        items["calibration"], metric)
+
+
+def user_splits(cfg) -> dict[str, list[dict]]:
+    """A user data set's train side drawn as the bundled sets' (:func:`trimllm.data.draw_splits`); a validation
+    split of the user's own replaces the drawn one."""
+    sides = user_sides(cfg)
+    own = sides.validation is not None
+    splits = draw_splits(list(sides.train), task_name(cfg), 0 if own else cfg.n_validation, cfg.n_calibration,
+                         cfg.seed, cfg.n_train)
+    if own:
+        splits["validation"] = list(sides.validation[: cfg.n_validation])
+    return splits
+
+
+def lm_eval_config(cfg) -> dict:
+    """The lm-eval task config of a user data set (without its data location)."""
+    config = {"task": task_name(cfg), "output_type": OUTPUT_TYPES[cfg.format], "test_split": "test"}
+    if cfg.format == "text":
+        config.update(doc_to_text="", doc_to_target="{{" + cfg.text_field + "}}")
+    else:
+        config.update(doc_to_text=cfg.doc_to_text, doc_to_target=cfg.doc_to_target)
+    if cfg.format == "multiple_choice":
+        config.update(doc_to_choice=cfg.doc_to_choice, target_delimiter=cfg.target_delimiter)
+    config["metric_list"] = [{"metric": m, "aggregation": AGGREGATION[m], "higher_is_better": m.startswith("acc")}
+                             for m in METRICS[cfg.format]]
+    config["metadata"] = {"version": 1.0}
+    return config
+
+
+def user_task(cfg, records: list[dict]):
+    """lm-eval's task object for the user's templates, over ``records`` (held in memory)."""
+    import datasets
+
+    rows = [{k: v for k, v in r.items() if k != "_uid"} for r in records]
+    dataset = datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+    return task_object({**lm_eval_config(cfg), "custom_dataset": lambda **_: dataset})
+
+
+def user_items(cfg, records: list[dict]) -> list[MCItem]:
+    """Items of a ``multiple_choice`` or ``completion`` user data set, rendered by lm-eval's task object."""
+    if not records:
+        return []
+    task = user_task(cfg, records[:1])
+    if cfg.format == "multiple_choice":
+        return [_with_uid(item_from_task(task, r), r) for r in records]
+    return [MCItem(task.fewshot_context(r, 0), (str(task.doc_to_target(r)),), 0, r.get("_uid", "")) for r in records]
+
+
+def _with_uid(item: MCItem, record: dict) -> MCItem:
+    return MCItem(item.context, item.choices, item.gold, record.get("_uid", ""))
+
+
+def text_blocks(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Documents joined by EOS and cut into blocks of ``max_length`` tokens (the tail that does not fill a block is
+    dropped, as in transformers' language-modelling examples, unless it is all there is)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text, add_special_tokens=False).input_ids + eos
+    count = max(1, len(ids) // max_length)
+    return [ids[i * max_length : (i + 1) * max_length] for i in range(count) if ids[i * max_length :]]
+
+
+def validation_metric(metric: str, model, tokenizer, items: list[MCItem], batch_size: int, max_length: int) -> float:
+    """Accuracy (lm-eval's rule) or token probability ``exp(-mean NLL)`` of the items' targets."""
+    from trimllm.multiple_choice import encode_item, mc_accuracy, mc_logliks
+
+    if metric == "acc":
+        return mc_accuracy(model, tokenizer, items, batch_size, max_length)
+    # A decoded text block re-tokenizes to about its own length: a margin, so that nothing is cut.
+    width = max_length + 64
+    logliks = mc_logliks(model, tokenizer, items, batch_size, width)
+    tokens = sum(len(encode_item(tokenizer, item, width)[1][0]) for item in items)
+    return math.exp(sum(s[0] for s in logliks) / max(tokens, 1))
+
+
+def write_task(cfg, folder: Path) -> Path:
+    """Write the user data set's lm-eval task into ``folder``: ``<name>.yaml`` and its test side as
+    ``<name>_test.jsonl`` (an absolute path in the YAML: lm-eval reads relative ``data_files`` from the working
+    directory). ``lm_eval --include_path folder --tasks <name>`` then evaluates it as ``trimllm eval`` does."""
+    from trimllm.atomic import write_text_atomic
+
+    name = task_name(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    test = (folder / f"{name}_test.jsonl").resolve()
+    rows = [{k: v for k, v in r.items() if k != "_uid"} for r in user_sides(cfg).test]
+    write_text_atomic(test, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    config = {**lm_eval_config(cfg), "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(test)}}}
+    header = f"# lm-eval task written by trimllm for data.source {cfg.source!r}: lm_eval --include_path {folder} --tasks {name}\n"
+    path = folder / f"{name}.yaml"
+    write_text_atomic(path, header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
