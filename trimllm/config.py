@@ -27,7 +27,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "sciq"  # data set in trimllm.data.DATASETS; its train side feeds training, validation, calibration
-    # Your own data (README "Bring your own data"; set source instead of task). The keys read like an lm-eval task
+    # Your own data (README "Bring your own data"; source, when set, replaces task). The keys read like an lm-eval task
     # YAML: Jinja templates over each record, as lm-eval renders them. Relative paths are read from the working
     # directory; $VARS expand ($TRIMLLM_DATA_DIR defaults to the bundled data folder).
     source: str | None = None  # a .jsonl / .json / .csv / .parquet file, a folder of them, or a datasets hub id

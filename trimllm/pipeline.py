@@ -42,7 +42,7 @@ from trimllm.rundir import prepare, trainer_dir
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
 from trimllm.surgery import freeze_blocks, get_plan
-from trimllm.train import StageStats, peak_memory_mb, train_stage
+from trimllm.training import StageStats, peak_memory_mb, train_stage
 from trimllm.validation import target_module_problems
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Padding. A batch is as wide as its longest row, so random batches of prompts who
 mostly padding (SmolLM2's tokenizer, batch 8 of SciQ: 60 % of the positions; batch 16 of Financial PhraseBank:
 38 %). :class:`LengthGroupedSampler` sorts the examples by length and cuts the sorted list into groups of one
 optimizer step's examples, then draws the groups in a seeded random order (about 2 % padding on both). It is handed
-to the Trainer in place of its random sampler (see :class:`trimllm.train.StageTrainer`); the collator pads each
+to the Trainer in place of its random sampler (see :class:`trimllm.training.StageTrainer`); the collator pads each
 batch to its own longest row.
 """
 

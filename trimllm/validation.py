@@ -221,9 +221,6 @@ def _user_data_problems(recipe: Recipe) -> list[str]:
               "completion": ("doc_to_text", "doc_to_target"), "text": ("text_field",)}[cfg.format]
     problems = [f"data.{key} is required with data.format {cfg.format} (an lm-eval Jinja template over a record, "
                 "e.g. \"{{question}}\")" for key in needed if getattr(cfg, key) in (None, "")]
-    if cfg.task != "sciq":
-        problems.append(f"data.task = {cfg.task!r} and data.source = {cfg.source!r} are both set; a run trains on one "
-                        "data set: remove one of them")
     if not 0 < cfg.test_fraction < 1:
         problems.append(f"data.test_fraction = {cfg.test_fraction} must be in (0, 1)")
     if cfg.format != "multiple_choice" and "task_accuracy" in (recipe.scoring.scorer, recipe.scoring.proxy):
@@ -307,7 +304,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from trimllm.data import DataFormatError, DataNotFoundError
     from trimllm.modeling import ModelLoadError
     from trimllm.outputs import OutputError
-    from trimllm.train import TrainingDiverged
+    from trimllm.training import TrainingDiverged
 
     return (UnsupportedArchitectureError, RecipeError, DataNotFoundError, DataFormatError, ModelLoadError, OutputError,
             TrainingDiverged)

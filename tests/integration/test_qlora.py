@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import ROOT, save_tiny
 from tests.integration.test_train import run_tiny
 from trimllm.config import load_recipe
-from trimllm.train import training_arguments
+from trimllm.training import training_arguments
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import ROOT
 from trimllm.config import Recipe, RecipeError, load_recipe
 
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+RECIPES = sorted((ROOT / "recipes").glob("**/*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import build_tiny, tiny_tokenizer
 from trimllm.config import Recipe
 from trimllm.sft import LengthGroupedSampler, SFTCollator, pad_id
-from trimllm.train import StageTrainer, training_arguments
+from trimllm.training import StageTrainer, training_arguments
 
 # A length mix like SciQ's: many short prompts, a long tail (support paragraphs).
 _rng = random.Random(0)

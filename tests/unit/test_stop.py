@@ -92,7 +92,7 @@ def test_expected_stages_counts_stage_0_and_the_removal_stages():
 
 def test_progress_line_and_log_line():
     from trimllm.report import progress_line
-    from trimllm.train import log_line
+    from trimllm.training import log_line
 
     assert progress_line(1, 4, 90.0) == "1 of ~4 stages done | elapsed 0:01:30 | ETA ~0:04:30"
     assert progress_line(4, 4, 3725.0) == "4 stages done | elapsed 1:02:05"
