@@ -6,6 +6,7 @@ as messages that say what was given, what was expected and how to fix it.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from trimllm.config import Recipe
@@ -221,6 +222,9 @@ def _user_data_problems(recipe: Recipe) -> list[str]:
               "completion": ("doc_to_text", "doc_to_target"), "text": ("text_field",)}[cfg.format]
     problems = [f"data.{key} is required with data.format {cfg.format} (an lm-eval Jinja template over a record, "
                 "e.g. \"{{question}}\")" for key in needed if getattr(cfg, key) in (None, "")]
+    if cfg.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name):
+        problems.append(f"data.name = {cfg.name!r}: a task name of letters, digits, '_', '-' or '.' (it names the "
+                        "lm-eval task and its files), e.g. my_reviews")
     if not 0 < cfg.test_fraction < 1:
         problems.append(f"data.test_fraction = {cfg.test_fraction} must be in (0, 1)")
     if cfg.format != "multiple_choice" and "task_accuracy" in (recipe.scoring.scorer, recipe.scoring.proxy):

@@ -7,11 +7,11 @@ import sys
 
 from transformers import TrainerCallback
 
-from trimllm import train
+from trimllm import training
 from trimllm.cli import main
 
 stage_at, step_at = (int(x) for x in sys.argv[1].split(":"))
-_callbacks = train.callbacks
+_callbacks = training.callbacks
 
 
 class KillAfterSave(TrainerCallback):
@@ -27,6 +27,6 @@ def callbacks(metrics_path, stage):
     return [*_callbacks(metrics_path, stage), KillAfterSave(stage)]
 
 
-train.callbacks = callbacks
+training.callbacks = callbacks
 sys.argv = ["trimllm", "train", *sys.argv[2:]]
 main()

@@ -104,3 +104,16 @@ def test_the_python_entry_point_runs_a_recipe(tiny_dir, files, tmp_path):
     )
     assert result["final"]["stage"] == 0 and (tmp_path / "api" / "final" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "api" / "run.json").read_text())["recipe"]["data"]["format"] == "completion"
+
+
+@pytest.mark.parametrize("scorer", ["calibration_loss", "taylor", "angular", "activation_norm"])
+def test_loss_and_hidden_state_scorers_work_on_plain_text(tiny_dir, files, tmp_path, scorer):
+    """Every scorer but task_accuracy (which needs choices) scores a text corpus: the calibration blocks are the
+    language-modelling text, and oneshot at a third removes 2 of the 6 blocks."""
+    plan = run(load_recipe(
+        ROOT / "recipes" / "smoke.yaml", [f"model.name={tiny_dir}", f"output_dir={tmp_path / scorer}", *TINY_RUN,
+                                          "data.format=text", f"scoring.scorer={scorer}", "eval.tasks=[]",
+                                          f"data.source={files}/notes.jsonl"]))
+    stage = plan["stages"][0]
+    assert len(stage["dropped"]) == 2 and len(stage["scores"]) == 6
+    assert len(set(stage["scores"].values())) > 1  # the scores tell blocks apart

@@ -155,6 +155,7 @@ def recipe_with(source, *overrides):
     (["data.format=text", "data.text_field=body"], ["text field", "body"]),
     (["data.format=completion", "scoring.scorer=task_accuracy"], ["task_accuracy needs multiple-choice data"]),
     (["data.n_train=5000"], ["train-side records needed"]),
+    (["data.name='../up'"], ["data.name = '../up': a task name of letters"]),
     (["data.process_docs=nowhere.py:f"], ["nowhere.py not found"]),
 ])
 def test_validate_checks_the_data_before_any_model_loads(capsys, monkeypatch, tmp_path, overrides, words):
