@@ -3,7 +3,7 @@
     python scripts/bench_distill.py               # SmolLM2-135M, 15 of 30 blocks removed; about 10 minutes on 2 CPU cores
 
 Every arm trains the same pruned student (blocks removed in block_influence order) with trimllm's own stage trainer
-(:func:`trimllm.train.train_stage`, as in ``bench_train.py``) on the same examples for the same steps; the arms
+(:func:`trimllm.training.train_stage`, as in ``bench_train.py``) on the same examples for the same steps; the arms
 alternate over ``--repeats`` rounds (median of each). The distillation arms add the full-depth model as teacher
 (``distill``: the KL at the answer tokens, at every token, and with the cosine term on the kept blocks). Reported:
 seconds per optimizer step and the ratio to CE, the teacher's forward seconds per step, and peak memory.

@@ -6,7 +6,7 @@ per sample with Progressive Layer Dropping on vs off, and random vs length-group
     python scripts/bench_distill.py                          # distillation vs CE steps (its own script)
     python scripts/bench_train.py --device cuda --batch-size 32
 
-Every configuration trains with trimllm's own stage trainer (trimllm.train.train_stage: peft LoRA on all linear
+Every configuration trains with trimllm's own stage trainer (trimllm.training.train_stage: peft LoRA on all linear
 layers, answer-only loss, a fresh AdamW) on the same SciQ train-side examples in the same order; a callback times
 each optimizer step after --warmup steps (mean step time = time per sample x batch). Depths remove blocks in block_influence order. PLD runs alternate with
 the PLD-off runs (--repeats pairs with different seeds, so different gate draws; median of each); with --pld-gamma large, theta(t) equals theta_bar from the
@@ -53,7 +53,7 @@ from trimllm.prompts import mc_item
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.sft import sft_examples
 from trimllm.surgery import drop_blocks
-from trimllm.train import train_stage
+from trimllm.training import train_stage
 
 SECTIONS = {"throughput": "Training throughput and Progressive Layer Dropping",
             "length_grouping": "Training throughput: length-grouped batches"}

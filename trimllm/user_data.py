@@ -77,7 +77,8 @@ def _sides(key: str) -> UserSides:
         _refuse_overlap(train, test)
     else:  # carve by content hash, as the bundled sets without a shipped test split (the same record, same side)
         on_test = [is_test_item(_content(r), test_fraction) for r in train]
-        train, test = ([r for r, t in zip(train, on_test) if not t], [r for r, t in zip(train, on_test) if t])
+        train, test = ([r for r, t in zip(train, on_test, strict=True) if not t],
+                       [r for r, t in zip(train, on_test, strict=True) if t])
     validation = read("validation") if "validation" in splits else None
     if validation is not None:
         _refuse_overlap(validation, test)
