@@ -45,6 +45,8 @@ def expected_stages(schedule: str, per_stage: int, plan: Plan, stop: StopConfig,
     only one) plus the removal stages the budget allows. None when only a parameter target or the floor ends it."""
     if schedule in ("none", "oneshot"):
         return 1
+    if schedule == "tuned_oneshot":
+        return 2
     if stop.target_fraction is None and stop.max_modules is None:
         return None
     per = per_stage if schedule == "progressive" else 1

@@ -64,8 +64,9 @@ def _range_problems(recipe: Recipe) -> list[str]:
     if recipe.schedule.name not in ("none", "oneshot"):
         stops = (recipe.stop.target_fraction, recipe.stop.target_params_fraction, recipe.stop.max_modules, floor)
         checks.append((any(s is not None for s in stops), "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"))
-    if recipe.schedule.name == "oneshot":
-        checks.append((recipe.stop.target_fraction is not None, "schedule oneshot needs stop.target_fraction"))
+    if recipe.schedule.name in ("oneshot", "tuned_oneshot"):
+        checks.append((recipe.stop.target_fraction is not None,
+                       f"schedule {recipe.schedule.name} needs stop.target_fraction"))
     return [message for ok, message in checks if not ok] + _distill_problems(recipe)
 
 

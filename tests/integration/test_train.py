@@ -44,6 +44,7 @@ def without_times(plan: dict) -> dict:
         ("progressive", ["scoring.scorer=block_influence", "schedule.per_stage=1", "stop.target_fraction=0.34"], 2),
         ("trimllm", ["stop.target_fraction=0.25", "scoring.scorer=task_accuracy"], 3),
         ("oneshot", ["stop.target_fraction=0.5", "scoring.scorer=angular"], 3),
+        ("tuned_oneshot", ["stop.target_fraction=0.5"], 3),
         ("none", [], 0),
     ],
 )
@@ -58,6 +59,8 @@ def test_every_schedule_runs_and_writes_its_outputs(tiny_dir, tmp_path, schedule
     for stage in plan["stages"]:
         assert (out / stage["dir"] / "model.safetensors").is_file()
         assert 0.0 <= stage["val_acc"] <= 1.0 and set(stage["seconds"]) == {"scoring", "training", "evaluation"}
+    if schedule == "tuned_oneshot":  # full-depth fine-tune, then everything removed at once from the tuned model
+        assert [len(st["dropped"]) for st in plan["stages"]] == [0, 3] and plan["stages"][1]["last"]
     if schedule == "oneshot":
         assert len(plan["stages"]) == 1 and len(plan["stages"][0]["dropped"]) == 3
     if schedule in ("progressive", "trimllm"):
@@ -286,3 +289,12 @@ def test_export_dtype_and_stages_keep_disk_small_and_the_resume_point_exact(tiny
     assert size["final"] < 0.6 * size["stage_02"]
     plain = AutoModelForCausalLM.from_pretrained(out / "final")  # loads anywhere, as bfloat16
     assert next(plain.parameters()).dtype == torch.bfloat16 and plain.config.num_hidden_layers == 4
+
+
+def test_tuned_oneshot_is_progressive_removing_everything_at_stage_1(tiny_dir, tmp_path):
+    """tuned_oneshot = progressive with one removal stage of the whole budget: the same blocks, scored on the same
+    stage-0 fine-tuned model, and the same trained result."""
+    tuned = run_tiny(tiny_dir, tmp_path / "tuned", "schedule.name=tuned_oneshot", "stop.target_fraction=0.5")
+    progressive = run_tiny(tiny_dir, tmp_path / "progressive", "schedule.name=progressive", "schedule.per_stage=99",
+                           "stop.target_fraction=0.5")
+    assert without_times(tuned)["stages"] == without_times(progressive)["stages"]
