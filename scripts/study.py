@@ -66,7 +66,7 @@ STAGES = 3  # removal stages of the progressive arms
 COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-kd"),
     ("progressive-rescore-ce", "oneshot-ce"), ("oneshot-ft-ce", "oneshot-ce"), ("oneshot-kd", "none"),
-    ("progressive-fixed-kd", "none"), ("oneshot-ce", "none"),
+    ("progressive-fixed-kd", "none"), ("oneshot-ce", "none"), ("oneshot-ft-ce", "none"),
 )
 
 
@@ -204,6 +204,8 @@ def default_arm() -> str:
     """The arm the shipped recipes use, read from recipes/finance.yaml (all domain recipes share the method)."""
     recipe = load_recipe(ROOT / "recipes" / "finance.yaml", [])
     kd = "kd" if recipe.distill.enabled else "ce"
+    if recipe.schedule.name == "tuned_oneshot":  # = the oneshot-ft arm: oneshot on the none arm's tuned model
+        return f"oneshot-ft-{kd}"
     if recipe.schedule.name == "progressive":
         return f"progressive-{recipe.scoring.order}-{kd}"
     return recipe.schedule.name if recipe.schedule.name == "none" else f"{recipe.schedule.name}-{kd}"
