@@ -47,10 +47,6 @@ class TrainingData:
     metric: str  # acc (multiple choice) or token_prob (completion, text)
 
 
-def data_format(cfg) -> str:
-    return cfg.format if cfg.source else "multiple_choice"
-
-
 def data_name(cfg) -> str:
     """The data set's name: the bundled ``data.task``, or the user data set's task name."""
     return task_name(cfg) if cfg.source else cfg.task

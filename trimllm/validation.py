@@ -237,8 +237,8 @@ def _user_data_problems(recipe: Recipe) -> list[str]:
         sides = user_sides(cfg)
     except (DataNotFoundError, DataFormatError) as err:
         return [str(err)]
-    own_validation = len(sides.validation) if sides.validation is not None else 0
-    needed_records = (0 if own_validation else cfg.n_validation) + cfg.n_calibration + (cfg.n_train or 1)
+    drawn_validation = cfg.n_validation if sides.validation is None else 0  # else the user's validation split
+    needed_records = drawn_validation + cfg.n_calibration + (cfg.n_train or 1)
     if needed_records > len(sides.train):
         problems.append(f"data: {needed_records} train-side records needed (n_validation + n_calibration + n_train), "
                         f"{len(sides.train)} in {cfg.source}; lower the sizes or give more records")
