@@ -64,7 +64,7 @@ class ScoringConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "progressive"  # progressive, tuned_oneshot, trimllm, oneshot or none
+    name: str = "tuned_oneshot"  # tuned_oneshot, progressive, trimllm, oneshot or none (README "Which recipe when")
     per_stage: int = 1  # modules dropped per stage (progressive)
 
 

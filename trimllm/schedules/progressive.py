@@ -1,4 +1,4 @@
-"""Progressive dropping (trimllm's default): after a full-depth stage 0, each stage removes the ``per_stage`` least
+"""Progressive dropping (v0.1's default): after a full-depth stage 0, each stage removes the ``per_stage`` least
 important remaining candidates by the recipe's scorer (optionally proxy pre-selected), then trains; in the spirit of
 TrimLLM's progressive specialization, with any scorer and granularity.
 
