@@ -45,7 +45,7 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
         elif not (out / "resolved.yaml").is_file():
             raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
                                   "new or empty folder")
-        elif (changed := (out / "resolved.yaml").read_text() != resolved) and not _completed_stages(out):
+        elif (changed := bool(_changed(out, recipe)[2])) and not _completed_stages(out):
             # a run that never completed a stage protects nothing: the corrected recipe starts over
             logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
             check_replaceable(out)
@@ -64,6 +64,8 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
             raise FileExistsError(f"output_dir {out} holds a run of an older trimllm (its run file is {PLAN_FILE}, now "
                                   f"{RUN_FILE}), which cannot be resumed; set output_dir=... or pass --overwrite")
         else:
+            if (out / "resolved.yaml").read_text() != resolved:  # keys added since, at their defaults: same recipe
+                write_text_atomic(out / "resolved.yaml", resolved)
             remove_litter(out)
             previous = RunFile.read(out) if (out / RUN_FILE).is_file() else None
             trim_metrics(out, len(previous.stages) if previous else 0)
@@ -98,9 +100,13 @@ def _flatten(node, prefix=""):
 
 
 def _changed(out: Path, recipe: Recipe) -> tuple[dict, dict, list[str]]:
-    """The saved recipe, the new one (both flattened) and the keys whose values differ."""
+    """The saved recipe, the new one (both flattened) and the keys whose values differ. A key the saved recipe lacks
+    (one this trimllm added since) that is at its default is no change: the default keeps the old behaviour, so a
+    run started before an upgrade still resumes."""
     old, new = _flatten(yaml.safe_load((out / "resolved.yaml").read_text())), _flatten(recipe.to_dict())
-    return old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    defaults = _flatten(Recipe().to_dict())
+    return old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                            and not (k not in old and k in defaults and new.get(k) == defaults[k]))
 
 
 def _changed_keys(out: Path, recipe: Recipe) -> set[str]:

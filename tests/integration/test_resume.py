@@ -76,6 +76,22 @@ def test_rerunning_a_finished_run_returns_its_plan(tiny_dir, tmp_path):
     assert (tmp_path / "done" / "final" / "model.safetensors").stat().st_mtime_ns == stamp  # nothing retrained
 
 
+def test_a_run_of_an_older_trimllm_without_the_newer_keys_still_resumes(tiny_dir, tmp_path):
+    """A key added since the run started (here the own-data keys) is at its default, which keeps the old behaviour:
+    the finished run is found, not refused as another recipe (its resolved.yaml then lists them); a newer key set
+    away from its default still is."""
+    import yaml
+
+    first = run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none")
+    saved = yaml.safe_load((tmp_path / "old" / "resolved.yaml").read_text())
+    for key in ("source", "format", "doc_to_text", "text_field", "splits", "test_fraction"):
+        del saved["data"][key]
+    (tmp_path / "old" / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert without_times(run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none")) == without_times(first)
+    with pytest.raises(FileExistsError, match=r"different recipe \(data\.test_fraction: 0\.2 -> 0\.3\)"):
+        run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none", "data.test_fraction=0.3")
+
+
 def test_a_different_recipe_is_refused_with_the_differences(tiny_dir, tmp_path):
     run_tiny(tiny_dir, tmp_path / "r", "schedule.name=none")
     with pytest.raises(FileExistsError, match=r"different recipe \(train\.lr: 0\.0003 -> 0\.001\)"):
