@@ -25,7 +25,7 @@ import yaml
 
 from trimllm.data import draw_splits, train_side_splits
 from trimllm.prompts import MCItem, item_from_task, mc_item, task_object
-from trimllm.user_data import task_name, user_sides
+from trimllm.user_data import content, task_name, user_sides
 
 OUTPUT_TYPES = {"multiple_choice": "multiple_choice", "completion": "loglikelihood", "text": "loglikelihood_rolling"}
 METRICS = {  # lm-eval's metrics of each output type
@@ -106,7 +106,7 @@ def user_task(cfg, records: list[dict]):
     """lm-eval's task object for the user's templates, over ``records`` (held in memory)."""
     import datasets
 
-    rows = [{k: v for k, v in r.items() if k != "_uid"} for r in records]
+    rows = [content(r) for r in records]
     dataset = datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
     return task_object({**lm_eval_config(cfg), "custom_dataset": lambda **_: dataset})
 
@@ -117,12 +117,8 @@ def user_items(cfg, records: list[dict]) -> list[MCItem]:
         return []
     task = user_task(cfg, records[:1])
     if cfg.format == "multiple_choice":
-        return [_with_uid(item_from_task(task, r), r) for r in records]
+        return [item_from_task(task, r) for r in records]  # each item carries its record's _uid
     return [MCItem(task.fewshot_context(r, 0), (str(task.doc_to_target(r)),), 0, r.get("_uid", "")) for r in records]
-
-
-def _with_uid(item: MCItem, record: dict) -> MCItem:
-    return MCItem(item.context, item.choices, item.gold, record.get("_uid", ""))
 
 
 def text_blocks(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -158,7 +154,7 @@ def write_task(cfg, folder: Path) -> Path:
     name = task_name(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     test = (folder / f"{name}_test.jsonl").resolve()
-    rows = [{k: v for k, v in r.items() if k != "_uid"} for r in user_sides(cfg).test]
+    rows = [content(r) for r in user_sides(cfg).test]
     write_text_atomic(test, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
     config = {**lm_eval_config(cfg), "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(test)}}}
     header = f"# lm-eval task written by trimllm for data.source {cfg.source!r}: lm_eval --include_path {folder} --tasks {name}\n"

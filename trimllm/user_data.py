@@ -76,7 +76,7 @@ def _sides(key: str) -> UserSides:
         test = read("test")
         _refuse_overlap(train, test)
     else:  # carve by content hash, as the bundled sets without a shipped test split (the same record, same side)
-        on_test = [is_test_item(_content(r), test_fraction) for r in train]
+        on_test = [is_test_item(content(r), test_fraction) for r in train]
         train, test = ([r for r, t in zip(train, on_test, strict=True) if not t],
                        [r for r, t in zip(train, on_test, strict=True) if t])
     validation = read("validation") if "validation" in splits else None
@@ -186,19 +186,20 @@ def load_function(spec: str):
     return function
 
 
-def _content(record: dict) -> dict:
+def content(record: dict) -> dict:
+    """A record as the user wrote it (without the ``_uid`` trimllm adds)."""
     return {k: v for k, v in record.items() if k != "_uid"}
 
 
 def _with_uids(records: list[dict]) -> list[dict]:
-    return [{**r, "_uid": record_uid(_content(r))} for r in records]
+    return [{**r, "_uid": record_uid(content(r))} for r in records]
 
 
 def _refuse_overlap(train: list[dict], test: list[dict]) -> None:
     test_ids = {r["_uid"] for r in test}
     shared = [r for r in train if r["_uid"] in test_ids]
     if shared:
-        first = json.dumps({k: v for k, v in shared[0].items() if k != "_uid"}, ensure_ascii=False)[:200]
+        first = json.dumps(content(shared[0]), ensure_ascii=False)[:200]
         raise DataFormatError(f"{len(shared)} record(s) are on both the train side and the test side of data.splits "
                               f"(the first: {first}); remove them from the train file, or the model is trained on "
                               "what it is tested on")

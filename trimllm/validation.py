@@ -254,11 +254,12 @@ def _user_data_problems(recipe: Recipe) -> list[str]:
 def _template_problem(cfg, records: list[dict], side: str) -> str | None:
     """The first of ``records`` whose templates fail to render (or whose gold is not among its choices)."""
     from trimllm.formats import user_task
+    from trimllm.user_data import content
 
     if cfg.format == "text":
         bad = next((i for i, r in enumerate(records) if not isinstance(r.get(cfg.text_field), str)), None)
         return None if bad is None else (f"data.text_field {cfg.text_field!r}: {side} record {bad} has no text field "
-                                         f"of that name (its fields: {', '.join(k for k in records[bad] if k != '_uid')})")
+                                         f"of that name (its fields: {', '.join(content(records[bad]))})")
     for index, record in enumerate(records):
         try:
             task = user_task(cfg, [record])
@@ -269,7 +270,7 @@ def _template_problem(cfg, records: list[dict], side: str) -> str | None:
                 return (f"data.doc_to_target: {side} record {index} gives {gold!r}, which is not among its choices "
                         f"{choices} (nor an index of one)")
         except Exception as err:  # noqa: BLE001 (jinja and lm-eval raise many types; the user needs the record)
-            fields = ", ".join(k for k in record if k != "_uid")
+            fields = ", ".join(content(record))
             return (f"data templates fail on {side} record {index} ({type(err).__name__}: {err}); the record's fields "
                     f"are: {fields}")
     return None
