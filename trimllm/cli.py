@@ -5,7 +5,6 @@ Each subcommand is a thin wrapper over one library function, so everything the C
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -113,6 +112,7 @@ def eval_command(
     log_samples: Annotated[bool, typer.Option("--log-samples", help="Also write per-document samples.")] = False,
     list_tasks: Annotated[bool, typer.Option("--list", help="List the tasks and groups, then exit.")] = False,
     include_path: Annotated[Path | None, typer.Option("--include-path", help="More task YAMLs, e.g. a run's tasks/ (your own data set's task).")] = None,
+    runtime: Annotated[str, typer.Option(help="transformers, or llamacpp: run a .gguf in llama.cpp itself.")] = "transformers",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Evaluate a model on trimllm's domain and general tasks (and your own, --include-path) with lm-eval."""
@@ -137,12 +137,20 @@ def eval_command(
     if out is not None:
         _check_output(out, False, ("trimllm results", "a trimllm export"), "--out")  # a model folder: into its card
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
-    loaded, tokenizer = load_for_cli(model, dtype)
+    if runtime not in ("transformers", "llamacpp"):
+        raise typer.BadParameter(f"expected transformers or llamacpp, got {runtime!r}", param_hint="--runtime")
+    if runtime == "llamacpp":  # lm-eval on the GGUF as llama.cpp runs it; no transformers anywhere
+        from trimllm.llamacpp import LlamaCppLM
+
+        loaded, tokenizer = LlamaCppLM(model), None
+    else:
+        loaded, tokenizer = load_for_cli(model, dtype)
     results = evaluate(loaded, tokenizer, names, limit=limit_value, batch_size=batch_size,
                        num_fewshot=num_fewshot, log_samples=log_samples, include_path=include_path)
-    typer.echo(results_table(results, loaded))
+    shown = None if tokenizer is None else loaded  # parameter counts of a transformers model
+    typer.echo(results_table(results, shown))
     if out is not None:
-        write_results(results, out, loaded)
+        write_results(results, out, shown)
         typer.echo(f"Results written to {out}")
 
 
@@ -285,44 +293,6 @@ def train(
         typer.echo(run_summary(plan, resolved.output_dir, time.perf_counter() - started))
 
 
-@app.command()
-def bench(
-    models: Annotated[list[str], typer.Argument(help="Models to compare; the first is the reference (the original).")],
-    prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens of the prefill and decode runs.")] = 512,
-    batches: Annotated[str, typer.Option(help="Comma-separated prefill batch sizes.")] = "1,8",
-    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Greedy tokens decoded (batch 1, KV cache).")] = 128,
-    repeats: Annotated[int, typer.Option(help="Timed rounds, alternating between the models; the median is reported.")] = 5,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the figures to this JSON file.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA when available).")] = None,
-    dtype: DtypeOpt = "auto",
-) -> None:
-    """Prefill / decode speed, peak memory and parameters of trimmed models against the original, with each
-    ratio next to the weight-traffic bound (params_original / params_trimmed)."""
-    from trimllm.atomic import write_text_atomic
-    from trimllm.bench import compare, table
-
-    try:
-        sizes = tuple(int(b) for b in batches.split(",") if b)
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated batch sizes such as 1,8; got {batches!r}", param_hint="--batches") from None
-    _check_sizes([("--prompt-len", prompt_len, 1), ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
-                  ("--batches", min(sizes, default=0), 1)])
-    if out is not None and (out.suffix != ".json" or out.is_dir()):
-        raise typer.BadParameter(f"--out is a JSON file path, got {out}", param_hint="--out")
-    if out is not None:  # its folder must be writable (or creatable) before the timing runs
-        _check_output(out.parent, False, None, "--out", writable_only=True)
-
-    # Load every model first: a bad spec gets one clear error before the (long) timing runs.
-    loaded = {spec: load_for_cli(spec, dtype, device)[0] for spec in models}
-    results = compare(models, dtype=dtype, device=device, prompt_len=prompt_len, batches=sizes, new_tokens=new_tokens,
-                      repeats=repeats, log=lambda line: typer.echo(line, err=True), models=loaded)
-    typer.echo(table(results))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-        typer.echo(f"\nSaved to {out}")
-
-
 def main() -> None:
     # Keep Hugging Face caches inside trimllm's cache unless the user chose otherwise (set before transformers loads).
     from trimllm.modeling import cache_root
@@ -345,6 +315,9 @@ def main() -> None:
         typer.echo(f"Error: {err}\n(set TRIMLLM_DEBUG=1 to see the traceback)", err=True)
         raise SystemExit(2) from None
 
+
+# The deployment commands (`export`, `bench`) live in their own module; importing it registers them on `app`.
+from trimllm import cli_deploy  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

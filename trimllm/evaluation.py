@@ -98,7 +98,7 @@ def resolve_tasks(names: list[str], include_path: str | Path | None = None) -> l
 
 
 def evaluate(
-    model: nn.Module,
+    model,
     tokenizer,
     tasks: list[str],
     limit: int | float | None = None,
@@ -110,8 +110,9 @@ def evaluate(
     """Evaluate an in-memory model on trimllm tasks or groups with lm-eval.
 
     Args:
-        model: a ``*ForCausalLM`` (a compressed one included).
-        tokenizer: its tokenizer.
+        model: a ``*ForCausalLM`` (a compressed one included), or an lm-eval ``LM`` that runs the model itself
+            (:class:`trimllm.llamacpp.LlamaCppLM`: a GGUF in llama.cpp).
+        tokenizer: its tokenizer (None with an lm-eval ``LM``).
         tasks: task or group names (short names such as ``sciq`` or ``general`` are accepted).
         limit: at most this many test documents per task (lm-eval's ``--limit``).
         batch_size: lm-eval batch size.
@@ -123,12 +124,16 @@ def evaluate(
         lm-eval's results dictionary.
     """
     from lm_eval import simple_evaluate
+    from lm_eval.api.model import LM
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     names = resolve_tasks(tasks, include_path)
     _quiet_notices()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    if isinstance(model, LM):
+        lm = model
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     extra = [str(include_path)] if include_path is not None and Path(include_path).is_dir() else []
     manager = TaskManager(include_path=[str(TASKS_DIR), *extra], include_defaults=False)
     return simple_evaluate(

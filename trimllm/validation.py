@@ -308,12 +308,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from trimllm.architectures import UnsupportedArchitectureError
     from trimllm.config import RecipeError
     from trimllm.data import DataFormatError, DataNotFoundError
+    from trimllm.gguf import ConversionError, ToolingMissing
     from trimllm.modeling import ModelLoadError
     from trimllm.outputs import OutputError
     from trimllm.training import TrainingDiverged
 
     return (UnsupportedArchitectureError, RecipeError, DataNotFoundError, DataFormatError, ModelLoadError, OutputError,
-            TrainingDiverged)
+            TrainingDiverged, ToolingMissing, ConversionError)
 
 
 def target_module_problems(model, targets: str | list[str]) -> list[str]:

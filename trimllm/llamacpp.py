@@ -1,0 +1,254 @@
+"""llama.cpp as the runtime: a GGUF loaded through ``llama-cpp-python``, its greedy continuation, its log-likelihoods
+as an lm-eval model (``trimllm eval FILE.gguf --runtime llamacpp``), and its speed and memory
+(``trimllm bench --runtime llamacpp``). Nothing here falls back to transformers: a GGUF llama.cpp cannot load is
+an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from lm_eval.api.model import LM
+
+from trimllm.modeling import ModelLoadError
+
+EVAL_CONTEXT = 2048  # tokens of the scoring context (trimllm's tasks: a few hundred at most)
+
+
+def threads() -> int:
+    """llama.cpp's CPU threads: every core this process may use (what llama.cpp's tools default to)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def open_gguf(path: str | Path, n_ctx: int = EVAL_CONTEXT, logits_all: bool = False):
+    """A ``llama_cpp.Llama`` on ``path`` (CPU, quiet); :class:`ModelLoadError` when llama.cpp cannot load it."""
+    from trimllm.gguf import check_tooling
+
+    check_tooling()
+    from llama_cpp import Llama
+
+    path = Path(path).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ModelLoadError(f"{path} is not a .gguf file; the llama.cpp runtime takes a GGUF (`trimllm export "
+                             "MODEL --gguf FILE.gguf` writes one)")
+    try:
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads(),
+                     logits_all=logits_all, verbose=False)
+    except ValueError as err:
+        raise ModelLoadError(f"llama.cpp could not load {path}: {err}") from None
+
+
+def last_logits(llm) -> np.ndarray:
+    """The logits of the last token llama.cpp evaluated (copied out of its context)."""
+    import llama_cpp
+
+    pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
+
+
+def greedy(llm, ids: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+    """Greedy continuation of ``ids`` (no stop at end-of-text, as ``generate`` with ``min_new_tokens``) and the
+    log-probabilities of the first generated position."""
+    llm.reset()
+    llm.eval(ids)
+    logits = last_logits(llm)
+    first = logits - np.logaddexp.reduce(logits)
+    out = []
+    for _ in range(new_tokens):
+        out.append(int(np.argmax(logits)))
+        llm.eval([out[-1]])
+        logits = last_logits(llm)
+    return out, first
+
+
+class LlamaCppLM(LM):
+    """An lm-eval model on a GGUF, run by llama.cpp: ``loglikelihood`` for multiple-choice tasks, ``generate_until``
+    (greedy) for generation tasks. Requests are tokenized as lm-eval's HFLM does (trailing spaces of the context
+    move to the continuation; the continuation's tokens are those of context + continuation after the
+    context's), and consecutive requests reuse llama.cpp's KV cache for a shared prefix (the choices of one
+    question)."""
+
+    def __init__(self, path: str | Path, add_bos_token: bool | None = None, n_ctx: int = EVAL_CONTEXT):
+        super().__init__()
+        from trimllm.gguf import metadata
+
+        self.path = Path(path)
+        meta = metadata(self.path)
+        self.llm = open_gguf(self.path, n_ctx=n_ctx, logits_all=True)
+        arch = str(meta.get("general.architecture", ""))
+        # lm-eval's HFLM adds no BOS token to its requests, except for Gemma models, which need one.
+        self.add_bos = arch.startswith("gemma") if add_bos_token is None else add_bos_token
+        self.n_ctx = n_ctx
+
+    def encode(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _prefix(self) -> list[int]:
+        return [self.llm.token_bos()] if self.add_bos else []
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        prefix = self._prefix() or ([] if context_ids else [self.llm.token_eos()])
+        return prefix + context_ids, whole[len(context_ids):]
+
+    def score(self, context_ids: list[int], continuation_ids: list[int]) -> tuple[float, bool]:
+        """Sum of log-probabilities of ``continuation_ids`` after ``context_ids``, and whether each is the argmax."""
+        tokens = (context_ids + continuation_ids)[-self.n_ctx:]
+        first = len(tokens) - len(continuation_ids)  # position of the first continuation token
+        cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        common = next((i for i, (a, b) in enumerate(zip(cached, tokens)) if a != b), min(len(cached), len(tokens)))
+        self.llm.n_tokens = min(common, first - 1)  # keep the cache up to there; the logits from there are needed
+        self.llm.eval(tokens[self.llm.n_tokens:])
+        logits = self.llm.scores[first - 1: len(tokens) - 1].astype(np.float64)
+        logprobs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        picked = logprobs[np.arange(len(continuation_ids)), continuation_ids]
+        return float(picked.sum()), bool((logits.argmax(axis=1) == np.asarray(continuation_ids)).all())
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        from tqdm import tqdm
+
+        return [self.score(*self.encode_pair(*request.args))
+                for request in tqdm(requests, disable=disable_tqdm, desc="llama.cpp log-likelihoods")]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("the llama.cpp runtime scores multiple-choice and generation tasks; perplexity "
+                                  "tasks run in transformers (`trimllm eval MODEL_FOLDER`)")
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        outputs = []
+        for request in requests:
+            context, options = request.args
+            until = options.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            done = self.llm.create_completion(context, max_tokens=int(options.get("max_gen_toks", 256)),
+                                              temperature=0.0, top_k=1, stop=until or None)
+            outputs.append(done["choices"][0]["text"])
+        return outputs
+
+
+def evaluate_gguf(path: str | Path, tasks: list[str], limit=None, num_fewshot=None, log_samples=False,
+                  include_path=None) -> dict:
+    """lm-eval's ``simple_evaluate`` on trimllm's tasks with the model run by llama.cpp."""
+    from trimllm.evaluation import evaluate
+
+    return evaluate(LlamaCppLM(path), None, tasks, limit=limit, num_fewshot=num_fewshot, log_samples=log_samples,
+                    include_path=include_path)
+
+
+# --- Speed and memory (``trimllm bench --runtime llamacpp``) --------------------------------------------------------
+
+
+def gguf_params(path: str | Path) -> int:
+    """Parameters stored in a GGUF (every tensor's elements; a tied embedding counted once)."""
+    import gguf
+
+    return int(sum(int(t.n_elements) for t in gguf.GGUFReader(path).tensors))
+
+
+def timed_run(llm, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """Seconds of the prompt pass and of ``new_tokens`` greedy decode steps (KV cache, batch 1)."""
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    token = int(np.argmax(last_logits(llm)))
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        llm.eval([token])
+        token = int(np.argmax(last_logits(llm)))
+    return prefill, time.perf_counter() - start
+
+
+def bench_prompt(n_vocab: int, length: int) -> list[int]:
+    return np.random.default_rng(length).integers(10, n_vocab - 10, size=length).tolist()
+
+
+def speed(paths: list[str], prompt_len: int, new_tokens: int, repeats: int, log=print) -> dict:
+    """Prefill and decode tokens/s of every GGUF, alternating between them each round, median of ``repeats``
+    (a first round warms up and is not counted)."""
+    models = {p: open_gguf(p, n_ctx=prompt_len + new_tokens + 8) for p in paths}
+    times = {p: {"prefill": [], "decode": []} for p in paths}
+    for repeat in range(repeats + 1):
+        for path, llm in models.items():
+            prefill, decode = timed_run(llm, bench_prompt(llm.n_vocab(), prompt_len), new_tokens)
+            if repeat:
+                times[path]["prefill"].append(prompt_len / prefill)
+                times[path]["decode"].append(new_tokens / decode)
+        if repeat:
+            log(f"round {repeat}/{repeats} done")
+    for llm in models.values():
+        llm.close()
+    return {p: {k: statistics.median(v) for k, v in t.items()} for p, t in times.items()}
+
+
+def peak_memory(path: str, prompt_len: int, new_tokens: int) -> int:
+    """Peak resident memory (bytes) of loading ``path`` in llama.cpp and running the prefill + decode workload,
+    in a fresh process, minus the process's resident memory before the load."""
+    import subprocess
+    import sys
+
+    code = "import json, sys\nfrom trimllm.llamacpp import _memory_probe\nprint(json.dumps(_memory_probe(*json.loads(sys.argv[1]))))\n"
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([path, prompt_len, new_tokens])],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(path: str, prompt_len: int, new_tokens: int) -> int:
+    from trimllm.bench import _status_kb
+
+    import llama_cpp  # noqa: F401  (the library's own memory is not the model's)
+
+    before = _status_kb("VmRSS")
+    llm = open_gguf(path, n_ctx=prompt_len + new_tokens + 8)
+    timed_run(llm, bench_prompt(llm.n_vocab(), prompt_len), new_tokens)
+    peak = (_status_kb("VmHWM") - before) * 1024
+    llm.close()
+    return peak
+
+
+def compare(variants: dict[str, Path], prompt_len: int = 512, new_tokens: int = 128, repeats: int = 5,
+            log=print) -> dict:
+    """Speed, peak memory, file size and parameters of GGUF ``variants`` (``{label: path}``; the first is the
+    reference, the original at f16), with ratios to the reference and the weight-traffic bound
+    ``params_reference / params_variant``."""
+    import llama_cpp
+
+    figures = speed([str(p) for p in variants.values()], prompt_len, new_tokens, repeats, log)
+    results = {"models": {}, "setup": {"runtime": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
+                                       "threads": threads(), "prompt_len": prompt_len, "new_tokens": new_tokens,
+                                       "repeats": repeats}}
+    for label, path in variants.items():
+        speeds = figures[str(path)]
+        results["models"][label] = {
+            "file": Path(path).name, "file_bytes": Path(path).stat().st_size, "params": gguf_params(path),
+            "peak_memory_bytes": peak_memory(str(path), prompt_len, new_tokens),
+            "prefill_tok_s": round(speeds["prefill"], 1), "decode_tok_s": round(speeds["decode"], 1)}
+    ref = next(iter(results["models"].values()))
+    for row in results["models"].values():
+        row["bound"] = round(ref["params"] / row["params"], 3)
+        row["prefill_speedup"] = round(row["prefill_tok_s"] / ref["prefill_tok_s"], 3)
+        row["decode_speedup"] = round(row["decode_tok_s"] / ref["decode_tok_s"], 3)
+        row["decode_vs_bound"] = round(row["decode_speedup"] / row["bound"], 3)
+        row["size_ratio"] = round(row["file_bytes"] / ref["file_bytes"], 3)
+    return results
+
+
+def table(results: dict) -> str:
+    """Markdown table of :func:`compare`'s figures."""
+    head = ["variant", "params", "file MiB", "peak MiB", "prefill tok/s", "decode tok/s", "bound",
+            "prefill speedup", "decode speedup", "decode / bound", "size ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in results["models"].items():
+        cells = [f"`{label}`", f"{r['params'] / 1e6:.1f}M", f"{r['file_bytes'] / 2**20:.0f}",
+                 f"{r['peak_memory_bytes'] / 2**20:.0f}", r["prefill_tok_s"], r["decode_tok_s"], f"{r['bound']}x",
+                 f"{r['prefill_speedup']}x", f"{r['decode_speedup']}x", r["decode_vs_bound"], r["size_ratio"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
