@@ -104,7 +104,7 @@ class LlamaCppLM(LM):
         tokens = (context_ids + continuation_ids)[-self.n_ctx:]
         first = len(tokens) - len(continuation_ids)  # position of the first continuation token
         cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
-        common = next((i for i, (a, b) in enumerate(zip(cached, tokens)) if a != b), min(len(cached), len(tokens)))
+        common = next((i for i, (a, b) in enumerate(zip(cached, tokens, strict=False)) if a != b), min(len(cached), len(tokens)))
         self.llm.n_tokens = min(common, first - 1)  # keep the cache up to there; the logits from there are needed
         self.llm.eval(tokens[self.llm.n_tokens:])
         logits = self.llm.scores[first - 1: len(tokens) - 1].astype(np.float64)
@@ -202,9 +202,9 @@ def peak_memory(path: str, prompt_len: int, new_tokens: int) -> int:
 
 
 def _memory_probe(path: str, prompt_len: int, new_tokens: int) -> int:
-    from trimllm.bench import _status_kb
-
     import llama_cpp  # noqa: F401  (the library's own memory is not the model's)
+
+    from trimllm.bench import _status_kb
 
     before = _status_kb("VmRSS")
     llm = open_gguf(path, n_ctx=prompt_len + new_tokens + 8)
