@@ -91,11 +91,12 @@ def _gguf_variants(models: list[str], quants: str) -> dict[str, Path]:
         raise typer.BadParameter(f"expected GGUF types among {', '.join(QUANTS)}, got {quants!r}", param_hint="--quants")
     check_tooling()
     folders = {spec: None if spec.endswith(".gguf") else model_folder(spec) for spec in models}
+    missing = [spec for spec, folder in folders.items() if folder is None and not Path(spec).is_file()]
+    if missing:  # every spec is checked before the first (minutes-long) conversion
+        raise typer.BadParameter(f"GGUF file {missing[0]} does not exist", param_hint="MODELS")
     variants = {}
     for spec, folder in folders.items():
         if folder is None:
-            if not Path(spec).is_file():
-                raise typer.BadParameter(f"GGUF file {spec} does not exist", param_hint="MODELS")
             variants[Path(spec).name] = Path(spec)
             continue
         for quant in types:

@@ -77,8 +77,8 @@ class LlamaCppLM(LM):
         from trimllm.gguf import metadata
 
         self.path = Path(path)
-        meta = metadata(self.path)
         self.llm = open_gguf(self.path, n_ctx=n_ctx, logits_all=True)
+        meta = metadata(self.path)
         arch = str(meta.get("general.architecture", ""))
         # lm-eval's HFLM adds no BOS token to its requests, except for Gemma models, which need one.
         self.add_bos = arch.startswith("gemma") if add_bos_token is None else add_bos_token
