@@ -49,7 +49,7 @@ def check_runs_the_same(folder, tmp_path, capsys, monkeypatch) -> None:
         assert f16.tokenize(prompt.encode(), add_bos=ids[0] == tokenizer.bos_token_id, special=False) == ids
         got, got_first = greedy(f16, ids, NEW_TOKENS)
         if got != expected:
-            step = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+            step = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
             with torch.no_grad():
                 logits = model(torch.tensor([ids + expected[:step]])).logits[0, -1].float()
             margin = float(logits[expected[step]] - logits[got[step]])
