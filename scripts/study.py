@@ -19,7 +19,10 @@ stage. Every arm trains its pruned model for exactly those steps on those exampl
   fixed``, Lu et al. 2024), distilled from it; the steps split B//3, B//3, rest;
 - ``progressive-rescore-ce``: the same stages re-scored every stage, cross-entropy (v0.1's default, for the record);
 - ``oneshot-ft-ce``: block influence on the ``none`` model, drop once, cross-entropy (does the gain come from the
-  teacher or from pruning a domain-tuned model?).
+  teacher or from pruning a domain-tuned model?);
+- ``oneshot-ft-partial``: the same, but partial-layer fine-tuning instead of LoRA (Lu et al. 2024: the top quarter
+  of the kept blocks and the LM head trained in full, lr 5e-5; ``freeze.mode: bottom``);
+- ``oneshot-ft-r64``: the same with LoRA rank 64 (alpha 128) instead of 16.
 
 Wall time (``train_seconds``) is each arm's training run (scoring, training, validation, teacher forwards); arms
 that use the ``none`` model add its training time. Test accuracy: every test-side document, scored by trimllm's
@@ -61,12 +64,14 @@ from trimllm.prompts import mc_item
 
 N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000}  # the issue's minimum train-side examples: one epoch each
 MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512}  # SciQ's support paragraphs run to ~400 tokens
-ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce", "oneshot-ft-ce")
+ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce", "oneshot-ft-ce",
+        "oneshot-ft-partial", "oneshot-ft-r64")
 STAGES = 3  # removal stages of the progressive arms
 COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-kd"),
     ("progressive-rescore-ce", "oneshot-ce"), ("oneshot-ft-ce", "oneshot-ce"), ("oneshot-kd", "none"),
     ("progressive-fixed-kd", "none"), ("oneshot-ce", "none"), ("oneshot-ft-ce", "none"),
+    ("oneshot-ft-partial", "oneshot-ft-ce"), ("oneshot-ft-r64", "oneshot-ft-ce"),
 )
 
 
@@ -92,6 +97,11 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
         return [*oneshot, *kd, f"distill.teacher={teacher}"]
     if arm == "oneshot-ft-ce":
         return [f"model.name={teacher}", *oneshot]
+    if arm == "oneshot-ft-partial":  # Lu et al. 2024: the top quarter of the kept blocks + LM head, in full
+        return [f"model.name={teacher}", *oneshot, "lora.method=full", "freeze.mode=bottom", "freeze.fraction=0.75",
+                "train.lr=5e-5"]
+    if arm == "oneshot-ft-r64":  # a larger adapter for the pruned model (rank 64, 4x the parameters)
+        return [f"model.name={teacher}", *oneshot, "lora.r=64", "lora.alpha=128"]
     blocks = int(round(fraction * layers))
     progressive = [f"model.name={teacher}", "schedule.name=progressive", f"stop.target_fraction={fraction}",
                    f"schedule.per_stage={math.ceil(blocks / STAGES)}", "train.stage0_steps=0",

@@ -78,7 +78,7 @@ class StopConfig:
 
 @dataclass
 class FreezeConfig:
-    mode: str = "none"  # none, static (TrimLLM), progtuning, contribution
+    mode: str = "none"  # none, static (TrimLLM), progtuning, contribution, bottom (partial-layer fine-tuning)
     fraction: float = 0.0  # share of the remaining blocks to freeze
 
 

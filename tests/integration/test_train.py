@@ -84,7 +84,7 @@ def test_trimllm_schedule_drops_one_half_per_stage(tiny_dir, tmp_path):
         assert dropped.startswith("attn.") == (attn < mlp)
 
 
-@pytest.mark.parametrize("mode", ["static", "progtuning", "contribution"])
+@pytest.mark.parametrize("mode", ["static", "progtuning", "contribution", "bottom"])
 def test_freezing_modes(tiny_dir, tmp_path, mode):
     plan = run_tiny(tiny_dir, tmp_path / mode, f"freeze.mode={mode}", "freeze.fraction=0.5",
                     "schedule.per_stage=1", "stop.target_fraction=0.34")
@@ -99,10 +99,15 @@ def test_freezing_modes(tiny_dir, tmp_path, mode):
             assert stage["frozen"] == [f"block.{i}" for i in kept[: len(stage["frozen"])]]
     if mode == "contribution":
         assert all(len(f) == round(0.5 * s["blocks_kept"]) for f, s in zip(frozen, plan["stages"], strict=True))
+    if mode == "bottom":  # the lowest half of what is kept, at every stage
+        for stage in plan["stages"]:
+            kept = [i for i in range(6) if f"block.{i}" not in stage["removed"]]
+            assert stage["frozen"] == [f"block.{i}" for i in kept[: round(0.5 * len(kept))]]
 
 
-def test_frozen_blocks_are_not_trained(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "full", "freeze.mode=static", "freeze.fraction=0.5", "lora.method=full",
+@pytest.mark.parametrize("mode", ["static", "bottom"])
+def test_frozen_blocks_are_not_trained(tiny_dir, tmp_path, mode):
+    plan = run_tiny(tiny_dir, tmp_path / "full", f"freeze.mode={mode}", "freeze.fraction=0.5", "lora.method=full",
                     "schedule.name=none")
     frozen = {int(b.split(".")[1]) for b in plan["stages"][0]["frozen"]}
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
@@ -111,6 +116,9 @@ def test_frozen_blocks_are_not_trained(tiny_dir, tmp_path):
         same = all(torch.equal(a, b) for a, b in zip(base.model.layers[i].parameters(),
                                                       trained.model.layers[i].parameters(), strict=True))
         assert same == (i in frozen), i
+    if mode == "bottom":  # partial-layer fine-tuning: the top half and the LM head are trained in full
+        assert frozen == {0, 1, 2}
+        assert not torch.equal(base.lm_head.weight, trained.lm_head.weight)
 
 
 def test_same_seed_same_plan(tiny_dir, tmp_path):

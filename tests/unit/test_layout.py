@@ -32,7 +32,7 @@ def test_registries_list_what_the_recipes_and_docs_name():
     assert SCORERS.names() == ["activation_norm", "angular", "block_influence", "calibration_loss", "depth", "random",
                                "task_accuracy", "taylor"]
     assert SCHEDULES.names() == ["none", "oneshot", "progressive", "trimllm", "tuned_oneshot"]
-    assert FREEZING.names() == ["contribution", "none", "progtuning", "static"]
+    assert FREEZING.names() == ["bottom", "contribution", "none", "progtuning", "static"]
     assert METHODS.names() == ["full", "lora", "qlora"]
 
 
@@ -74,6 +74,7 @@ def test_freezing_mode_context_is_what_the_modes_read():
     context = FreezeContext(stage=1, plan=plan, count=2, fraction=0.5, score=None)
     assert FREEZING.get("progtuning")(context) == [0, 1]  # round(0.5 * 5 * 2 / 3) = 2, bottom-up
     assert FREEZING.get("static")(context) == []  # chosen at stage 0 only
+    assert FREEZING.get("bottom")(context) == [0, 1]  # the lowest `count` kept blocks
 
 
 def _python_files():
