@@ -134,15 +134,6 @@ class LlamaCppLM(LM):
         return outputs
 
 
-def evaluate_gguf(path: str | Path, tasks: list[str], limit=None, num_fewshot=None, log_samples=False,
-                  include_path=None) -> dict:
-    """lm-eval's ``simple_evaluate`` on trimllm's tasks with the model run by llama.cpp."""
-    from trimllm.evaluation import evaluate
-
-    return evaluate(LlamaCppLM(path), None, tasks, limit=limit, num_fewshot=num_fewshot, log_samples=log_samples,
-                    include_path=include_path)
-
-
 # --- Speed and memory (``trimllm bench --runtime llamacpp``) --------------------------------------------------------
 
 
