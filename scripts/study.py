@@ -288,9 +288,13 @@ def _figures(args, records: list[dict], env: dict, minutes: float) -> dict:
     }
 
 
+STATUS = ROOT / "benchmarks" / "study_v2_status.md"  # hand-written: what is run, the decision, each target
+
+
 def markdown(figures: dict) -> str:
     s, records = figures["setup"], figures["records"]
-    lines = [
+    status = [STATUS.read_text().strip(), ""] if STATUS.is_file() else []
+    lines = [*status,
         f"Command: `{s['command']}` ({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
         f"{s['minutes']} min in all, resumed runs summed). Figures in `{s['figures']}`.",
         "",
@@ -317,8 +321,6 @@ def markdown(figures: dict) -> str:
         lines.append(f"| {c['task']} | {c['removed_fraction']:.0%} | {c['a']} | {c['b']} | {c['seeds']} | "
                      f"{c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p']:.3g} |")
     lines += ["", f"The shipped recipes use `{figures['default_arm']}`."]
-    if s.get("notes"):
-        lines += ["", s["notes"]]
     return "\n".join(lines)
 
 
