@@ -13,7 +13,9 @@ speed figures (time them on a quiet machine). Saves benchmarks/deploy.json and a
 
 from __future__ import annotations
 
+import datetime
 import json
+import platform
 from pathlib import Path
 
 from _common import ROOT, command_line, mcnemar_exact, parser, publish, shown_path, write_json, write_section
@@ -69,7 +71,7 @@ def summary(figures: dict) -> dict:
         out["within_1_point_of_original_q4"] = same
         out["smallest"] = min(same, key=lambda k: rows[k]["file_bytes"])
         out["fastest"] = max(same, key=lambda k: rows[k]["decode_tok_s"])
-        out["mcnemar_vs_original_q4"] = {k: round(mcnemar_exact(v["correct"], base["correct"]), 4) for k, v in acc.items()}
+        out["mcnemar_vs_original_q4"] = {k: mcnemar_exact(v["correct"], base["correct"]) for k, v in acc.items()}
     return out
 
 
@@ -79,14 +81,16 @@ def markdown(figures: dict) -> str:
     lines = [
         f"Task `{figures['task']}`, whole test side unless stated (n below); original `{figures['original']}`. "
         f"{setup['runtime']}, {setup['threads']} threads, prompt {setup['prompt_len']} tokens, {setup['new_tokens']} "
-        f"decoded, median of {setup['repeats']} alternating rounds. {figures.get('timing_note', '')}",
+        f"decoded, median of {setup['repeats']} alternating rounds, {figures.get('date', '')}, {platform.machine()} CPU. "
+        f"{figures.get('timing_note', '')}",
         "",
         "| variant | file MiB | peak MiB | params | prefill tok/s | decode tok/s | decode speedup | bound | acc | ± | n | p vs original q4_k_m |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
         a = acc.get(label, {})
-        p = s.get("mcnemar_vs_original_q4", {}).get(label, "")
+        p = s.get("mcnemar_vs_original_q4", {}).get(label)
+        p = "" if p is None else f"{p:.3g}"
         cells = [f"`{label}`", f"{r['file_bytes'] / 2**20:.0f}", f"{r['peak_memory_bytes'] / 2**20:.0f}",
                  f"{r['params'] / 1e6:.1f}M", r["prefill_tok_s"], r["decode_tok_s"], f"{r['decode_speedup']}x",
                  f"{r['bound']}x", f"{a['acc']:.3f}" if a else "", f"{a['acc_stderr']:.3f}" if a else "",
@@ -136,6 +140,7 @@ def main() -> None:
             figures["accuracy"][label] = accuracy(path, args.task, args.limit)
             write_json(args.out, figures)
     figures["summary"] = summary(figures)
+    figures["date"] = str(datetime.date.today())
     publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
 
 
