@@ -22,12 +22,9 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace --gguf if it is a GGUF trimllm wrote (never another file).")] = False,
 ) -> None:
     """Convert a model to GGUF with llama.cpp's own converter and quantizer."""
-    from trimllm.gguf import check_target, check_tooling, export_gguf, model_folder
+    from trimllm.gguf import export_gguf
 
-    check_target(gguf, quant, overwrite)  # every refusal before any conversion work
-    check_tooling()
-    model_folder(model)
-    export_gguf(model, gguf, quant=quant, overwrite=overwrite)
+    export_gguf(model, gguf, quant=quant, overwrite=overwrite)  # every refusal comes before any conversion work
     typer.echo(f"Saved {gguf} ({quant}, {gguf.stat().st_size / 2**20:.1f} MiB). Run it with llama.cpp, e.g. "
                f"`llama-cli -m {gguf}`, or `trimllm eval {gguf} --runtime llamacpp`.")
 

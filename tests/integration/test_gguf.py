@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.conftest import run_cli, tiny_config
 from trimllm.export import save_compressed
 from trimllm.gguf import convert, metadata
-from trimllm.llamacpp import LlamaCppLM, gguf_params, open_gguf
+from trimllm.llamacpp import LlamaCppLM, gguf_params, greedy, open_gguf
 from trimllm.modeling import convert_packaged
 from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks
 
@@ -168,6 +169,12 @@ def test_loglikelihoods_are_the_bindings_own_and_lm_eval_runs_on_them(tmp_path, 
     # Scoring again after another request reuses the KV cache for the shared prefix: same value
     lm.score(context_ids, lm.encode(" no"))
     assert lm.score(context_ids, continuation_ids)[0] == pytest.approx(ours, abs=1e-4)
+    # generation: lm-eval's generate_until is llama.cpp's greedy continuation, cut at the stop string
+    request = SimpleNamespace(args=(context, {"until": ["\n"], "max_gen_toks": 8}))
+    (text,) = lm.generate_until([request])
+    tokens, _ = greedy(lm.llm, lm.llm.tokenize(context.encode(), special=True), 8)
+    tokens = tokens[: tokens.index(lm.llm.token_eos())] if lm.llm.token_eos() in tokens else tokens
+    assert text == lm.llm.detokenize(tokens).decode("utf-8", errors="ignore").split("\n")[0]
     # lm-eval's per-document log-likelihoods through llama.cpp equal those through transformers (f16 tolerance)
     code, output = run_cli(capsys, monkeypatch, "eval", tmp_path / "model.gguf", "--runtime", "llamacpp", "--tasks",
                            "sciq", "--limit", "6", "--out", tmp_path / "llama", "--log-samples")
