@@ -106,16 +106,17 @@ def peak_memory(spec: str, dtype: str, device: str | None, prompt_len: int, batc
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak resident set (VmHWM) minus the resident set before
     the model was loaded, so the interpreter and libraries are not counted.
     """
+    return in_fresh_process("trimllm.bench", "_memory_probe", [spec, dtype, device, prompt_len, batch, new_tokens])
+
+
+def in_fresh_process(module: str, function: str, args: list):
+    """``module.function(*args)`` in a new Python process (a clean peak-memory count); returns its JSON result."""
     import subprocess
     import sys
 
-    code = (
-        "import json, sys, torch\n"
-        "from trimllm.bench import _memory_probe\n"
-        "print(json.dumps(_memory_probe(*json.loads(sys.argv[1]))))\n"
-    )
-    args = json.dumps([spec, dtype, device, prompt_len, batch, new_tokens])
-    result = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
+    code = (f"import json, sys\nfrom {module} import {function}\n"
+            f"print(json.dumps({function}(*json.loads(sys.argv[1]))))\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

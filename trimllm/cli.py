@@ -42,6 +42,7 @@ app = typer.Typer(
 ModelArg = Annotated[
     str, typer.Argument(help="Packaged name (smollm2-135m, gemma3-270m), local checkpoint dir, .gguf file or hub id.")
 ]
+RUNTIMES = ("transformers", "llamacpp")  # what runs the model: transformers, or a GGUF in llama.cpp
 DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")]
 
 
@@ -137,8 +138,8 @@ def eval_command(
     if out is not None:
         _check_output(out, False, ("trimllm results", "a trimllm export"), "--out")  # a model folder: into its card
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
-    if runtime not in ("transformers", "llamacpp"):
-        raise typer.BadParameter(f"expected transformers or llamacpp, got {runtime!r}", param_hint="--runtime")
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"expected {' or '.join(RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
     if runtime == "llamacpp":  # lm-eval on the GGUF as llama.cpp runs it; no transformers anywhere
         from trimllm.llamacpp import LlamaCppLM
 

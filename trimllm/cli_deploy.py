@@ -9,9 +9,7 @@ from typing import Annotated
 
 import typer
 
-from trimllm.cli import DtypeOpt, _check_output, _check_sizes, app, load_for_cli
-
-RUNTIMES = ("transformers", "llamacpp")
+from trimllm.cli import RUNTIMES, DtypeOpt, _check_output, _check_sizes, app, load_for_cli
 
 
 @app.command()
@@ -53,7 +51,7 @@ def bench(
     _check_sizes([("--prompt-len", prompt_len, 1), ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
                   ("--batches", min(sizes, default=0), 1)])
     if runtime not in RUNTIMES:
-        raise typer.BadParameter(f"expected one of {', '.join(RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
+        raise typer.BadParameter(f"expected {' or '.join(RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
     if out is not None and (out.suffix != ".json" or out.is_dir()):
         raise typer.BadParameter(f"--out is a JSON file path, got {out}", param_hint="--out")
     if out is not None:  # its folder must be writable (or creatable) before the timing runs

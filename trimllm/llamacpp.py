@@ -5,7 +5,6 @@ an error."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -74,12 +73,9 @@ class LlamaCppLM(LM):
 
     def __init__(self, path: str | Path, add_bos_token: bool | None = None, n_ctx: int = EVAL_CONTEXT):
         super().__init__()
-        from trimllm.gguf import metadata
-
         self.path = Path(path)
         self.llm = open_gguf(self.path, n_ctx=n_ctx, logits_all=True)
-        meta = metadata(self.path)
-        arch = str(meta.get("general.architecture", ""))
+        arch = str(self.llm.metadata.get("general.architecture", ""))
         # lm-eval's HFLM adds no BOS token to its requests, except for Gemma models, which need one.
         self.add_bos = arch.startswith("gemma") if add_bos_token is None else add_bos_token
         self.n_ctx = n_ctx
@@ -183,13 +179,9 @@ def speed(paths: list[str], prompt_len: int, new_tokens: int, repeats: int, log=
 def peak_memory(path: str, prompt_len: int, new_tokens: int) -> int:
     """Peak resident memory (bytes) of loading ``path`` in llama.cpp and running the prefill + decode workload,
     in a fresh process, minus the process's resident memory before the load."""
-    import subprocess
-    import sys
+    from trimllm.bench import in_fresh_process
 
-    code = "import json, sys\nfrom trimllm.llamacpp import _memory_probe\nprint(json.dumps(_memory_probe(*json.loads(sys.argv[1]))))\n"
-    done = subprocess.run([sys.executable, "-c", code, json.dumps([path, prompt_len, new_tokens])],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_fresh_process("trimllm.llamacpp", "_memory_probe", [path, prompt_len, new_tokens])
 
 
 def _memory_probe(path: str, prompt_len: int, new_tokens: int) -> int:
