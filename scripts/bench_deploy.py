@@ -28,14 +28,9 @@ from trimllm.prompts import PREFIX
 
 def variants(args) -> dict[str, Path]:
     """``{label: GGUF}``: every model at every type, the original first (its f16 is the speed reference)."""
-    models = {"original": args.original, **{_label(p): p for p in args.trimmed.split(",") if p}}
+    models = {"original": args.original, **{f"trimmed {Path(p).name}": p for p in args.trimmed.split(",") if p}}
     return {f"{name} {quant}": cached_gguf(model_folder(path), quant)
             for name, path in models.items() for quant in args.quants.split(",")}
-
-
-def _label(path: str) -> str:
-    name = Path(path).name
-    return f"trimmed {name}"
 
 
 def accuracy(path: Path, task: str, limit: int | None) -> dict:
