@@ -142,6 +142,7 @@ class DistillConfig:
     temperature: float = 1.0
     tokens: str = "answer"  # answer: KL at the answer tokens; all: at every position of prompt + answer
     hidden_weight: float = 0.0  # cosine loss between kept blocks' outputs and the teacher's at their original index
+    teacher_dtype: str = "auto"  # auto (the model's dtype), float32, bfloat16, float16: the teacher's forward only
 
 
 @dataclass

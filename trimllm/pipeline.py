@@ -202,7 +202,8 @@ def teacher(state: RunState, stage: int) -> nn.Module | None:
     cfg = state.recipe.distill
     source = teacher_source(cfg.teacher, stage, state.out, state.recipe.model.name) if cfg.enabled else None
     if source is not None and state.teacher is None:
-        state.teacher = load_teacher(source, state.model, state.recipe.model.dtype)
+        dtype = state.recipe.model.dtype if cfg.teacher_dtype == "auto" else cfg.teacher_dtype
+        state.teacher = load_teacher(source, state.model, dtype)
     return state.teacher if source is not None else None
 
 

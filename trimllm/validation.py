@@ -175,6 +175,8 @@ def _distill_problems(recipe: Recipe) -> list[str]:
             (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
             (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
             (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
+            (cfg.teacher_dtype in ("auto", "float32", "bfloat16", "float16"),
+             f"distill.teacher_dtype = {cfg.teacher_dtype!r} must be auto, float32, bfloat16 or float16"),
             (cfg.teacher != "stage0" or recipe.schedule.name not in ("oneshot", "none"),
              f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {recipe.schedule.name!r} does not "
              "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),

@@ -254,6 +254,12 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
     kd, ce = losses(tmp_path / "kd"), losses(tmp_path / "ce")
     assert [x for x in kd if x[0] == 0] == [x for x in ce if x[0] == 0]  # stage 0 trains the teacher: CE only
     assert [x for x in kd if x[0] == 1] != [x for x in ce if x[0] == 1]  # later stages distill
+    # distill.teacher_dtype: the stage-0 teacher reloaded in bfloat16: stage 1's losses move by its rounding only
+    run_tiny(tiny_dir, tmp_path / "kd16", *common, "distill.enabled=true", "distill.alpha=0", "distill.tokens=all",
+             "distill.hidden_weight=0.5", "distill.teacher_dtype=bfloat16")
+    kd16 = [loss for stage, loss in losses(tmp_path / "kd16") if stage == 1]
+    kd32 = [loss for stage, loss in kd if stage == 1]
+    assert kd16 != kd32 and kd16 == pytest.approx(kd32, rel=0.05)
 
 
 def test_no_warning_a_user_cannot_act_on(tiny_dir, tmp_path):

@@ -81,6 +81,12 @@ def test_validate_refuses_what_cannot_work(capsys, monkeypatch, override, words)
     assert code == 2 and words in out and no_traceback(out), out
 
 
+def test_validate_refuses_an_unknown_teacher_dtype(capsys, monkeypatch):
+    code, out = trimllm(capsys, monkeypatch, "validate", SMOKE, "distill.enabled=true", "distill.teacher_dtype=int8")
+    assert code == 2 and "distill.teacher_dtype = 'int8' must be auto, float32, bfloat16 or float16" in out, out
+    assert no_traceback(out)
+
+
 def test_validate_reports_every_problem_at_once(capsys, monkeypatch):
     code, out = trimllm(capsys, monkeypatch, "validate", SMOKE, "data.n_train=0", "lora.r=0", "train.optim=x",
                         "eval.tasks=[nope]")

@@ -85,6 +85,23 @@ def test_a_student_identical_to_its_teacher_gets_no_distillation_loss_or_gradien
     assert max(float(p.grad.abs().max()) for p in student.parameters() if p.grad is not None) < 1e-4
 
 
+def test_a_bfloat16_teacher_gives_the_float32_teachers_loss_within_bfloat16_precision():
+    """``distill.teacher_dtype: bfloat16`` runs only the teacher's forward in bfloat16 (the student and the KL stay
+    float32): the loss moves by bfloat16's rounding of the teacher's logits, not more."""
+    student, teacher = student_and_teacher()
+    batch = SFTCollator(tiny_tokenizer().pad_token_id, all_positions=True)(EXAMPLES)
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        distiller = Distiller(copy.deepcopy(teacher).to(dtype), 0.0, temperature=1.0, tokens="all", hidden_weight=0.5,
+                              pairs=block_pairs(student, teacher))
+        with torch.no_grad(), block_outputs(student) as states:
+            outputs = student(**batch)
+            losses[dtype] = distiller.loss(batch, outputs.loss, outputs.logits, states, None, accumulation=1, world=1)
+    assert losses[torch.bfloat16].dtype == torch.float32
+    assert float(losses[torch.bfloat16]) != float(losses[torch.float32])  # the teacher did run in bfloat16
+    torch.testing.assert_close(losses[torch.bfloat16], losses[torch.float32], rtol=0.05, atol=1e-3)
+
+
 def test_hidden_pairs_follow_original_indices_after_removals():
     student, teacher = student_and_teacher()
     drop_blocks(student, [4])
