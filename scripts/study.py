@@ -171,6 +171,35 @@ def evaluate_arm(arm: str, fraction: float, task: str, seed: int, out: Path, pla
     return record
 
 
+LM_EVAL_TASK = {"financial_phrasebank": "trimllm_fpb", "sciq": "trimllm_sciq"}  # the data set's lm-eval task
+LM_EVAL_CHECK = ROOT / "benchmarks" / "study_v2_lm_eval.json"  # its own file: a running study rewrites --out
+
+
+def lm_eval_check(records: list[dict], arms: list[str], args, path: Path = LM_EVAL_CHECK) -> list[dict]:
+    """The listed arms' test side through lm-eval's own HFLM (one forward per choice) beside the packed scorer's
+    outcomes in the study's records: the same documents, so the same accuracy and right / wrong per document are
+    expected. Runs whose model folder is gone are skipped; checks already saved are kept."""
+    checks = json.loads(path.read_text()) if path.is_file() else []
+    for r in records:
+        key = (r["task"], r["arm"], r["removed_fraction"], r["seed"])
+        final = args.work / f"{r['task']}-{r['arm']}-{r['removed_fraction']}-{r['seed']}" / "final"
+        seen = any((c["task"], c["arm"], c["removed_fraction"], c["seed"]) == key for c in checks)
+        if r["arm"] not in arms or seen or not final.is_dir():
+            continue
+        model, tokenizer = load_model(final)
+        name = LM_EVAL_TASK[r["task"]]
+        results = evaluate(model, tokenizer, [name], limit=args.test_limit, batch_size=args.eval_batch_size,
+                           log_samples=True)
+        theirs = ["1" if s["acc"] else "0" for s in sorted(results["samples"][name], key=lambda s: s["doc_id"])]
+        same = sum(a == b for a, b in zip(theirs, r["correct"], strict=True))
+        checks.append({"task": r["task"], "arm": r["arm"], "removed_fraction": r["removed_fraction"],
+                       "seed": r["seed"], "n": len(theirs), "acc_packed": r["acc"],
+                       "acc_lm_eval": round(theirs.count("1") / len(theirs), 4), "same_outcome": same})
+        print(json.dumps(checks[-1]), flush=True)
+        write_json(path, checks)
+    return checks
+
+
 def bootstrap_diff(a: list[bool], b: list[bool], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95 % percentile interval of mean(a) - mean(b), resampling the paired items."""
     d = np.array(a, dtype=np.int8) - np.array(b, dtype=np.int8)
@@ -234,6 +263,8 @@ def main() -> None:
     options.add_argument("--general-limit", type=int, default=100)
     options.add_argument("--n-train-cap", type=int, default=None, help="fewer training examples (a quick try)")
     options.add_argument("--test-limit", type=int, default=None, help="fewer test documents (a quick try)")
+    options.add_argument("--lm-eval-check", default=None, metavar="ARMS",
+                         help="instead of training: score these arms' finished runs through lm-eval (comma list)")
     options.add_argument("--work", type=Path, default=ROOT / "runs" / "study_v2",
                          help="run folders (kept, so that a killed study resumes)")
     args = options.parse_args()
@@ -243,6 +274,10 @@ def main() -> None:
         return
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     records = previous.get("records", [])
+    if args.lm_eval_check:
+        lm_eval_check(records, args.lm_eval_check.split(","), args)
+        write_section(ROOT / "BENCHMARKS.md", args.section, markdown(previous))
+        return
     minutes = previous.get("setup", {}).get("minutes", 0.0)
     started = time.time()
     model, _ = load_model(args.model)
@@ -278,7 +313,7 @@ def main() -> None:
 
 
 def _figures(args, records: list[dict], env: dict, minutes: float) -> dict:
-    not_setup = ("out", "render_only", "section", "work")
+    not_setup = ("out", "render_only", "section", "work", "lm_eval_check")
     return {
         "records": records, "comparisons": comparisons(records), "default_arm": default_arm(),
         "setup": {**{k: v for k, v in vars(args).items() if k not in not_setup}, **env, "n_train": N_TRAIN,
@@ -320,8 +355,23 @@ def markdown(figures: dict) -> str:
     for c in figures["comparisons"]:
         lines.append(f"| {c['task']} | {c['removed_fraction']:.0%} | {c['a']} | {c['b']} | {c['seeds']} | "
                      f"{c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p']:.3g} |")
-    lines += ["", f"The shipped recipes use `{figures['default_arm']}`."]
+    lines += ["", f"The shipped recipes use `{figures['default_arm']}`.", *lm_eval_lines()]
     return "\n".join(lines)
+
+
+def lm_eval_lines(path: Path = LM_EVAL_CHECK) -> list[str]:
+    """The table of ``--lm-eval-check``: the packed scorer against lm-eval on the same models and documents."""
+    if not path.is_file():
+        return []
+    lines = ["", f"The test side through lm-eval itself (`python scripts/study.py --lm-eval-check ARMS`, "
+             f"`{shown_path(path, ROOT)}`; HFLM, one forward per choice) against the packed scorer above, "
+             "on the same models and documents:", "",
+             "| task | removed | arm | seed | n | packed scorer acc | lm-eval acc | same right / wrong |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in json.loads(path.read_text()):
+        lines.append(f"| {c['task']} | {c['removed_fraction']:.0%} | {c['arm']} | {c['seed']} | {c['n']} | "
+                     f"{c['acc_packed']:.3f} | {c['acc_lm_eval']:.3f} | {c['same_outcome']} of {c['n']} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -96,3 +96,26 @@ def test_markdown_lists_every_run_and_comparison():
     assert "| financial_phrasebank | 50% | oneshot-kd † | 0 | 15 | 0.500 ± 0.010 |" in text
     assert "| financial_phrasebank | 50% | oneshot-kd | none | 1 | -0.250 |" in text
     assert "use `oneshot-kd`" in text
+
+
+def test_lm_eval_check_agrees_with_the_packed_scorer_on_a_real_run_folder(tmp_path):
+    """--lm-eval-check: lm-eval's own HFLM on a finished run's model gives the packed scorer's right / wrong on
+    every document (here a tiny model with a block removed, the first 6 test documents), and the table says so."""
+    from tests.conftest import build_tiny, tiny_tokenizer
+    from trimllm.surgery import drop_blocks
+
+    model, tokenizer = build_tiny("llama"), tiny_tokenizer()
+    drop_blocks(model, [1])
+    model.config.max_position_embeddings = 4096  # character tokens: lm-eval would cut the documents at 256
+    final = tmp_path / "financial_phrasebank-oneshot-ce-0.5-0" / "final"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    correct = "".join("1" if c else "0" for c in study["test_outcomes"](model, tokenizer, "financial_phrasebank", 4, 6))
+    records = [record("oneshot-ce", 0.5, correct), record("none", 0.0, "1" * 6)]  # `none` has no folder: skipped
+    args = argparse.Namespace(work=tmp_path, test_limit=6, eval_batch_size=4)
+    checks = study["lm_eval_check"](records, ["oneshot-ce", "none"], args, tmp_path / "check.json")
+    assert [(c["arm"], c["n"], c["same_outcome"]) for c in checks] == [("oneshot-ce", 6, 6)]
+    assert checks[0]["acc_lm_eval"] == pytest.approx(correct.count("1") / 6, abs=1e-4)
+    assert study["lm_eval_check"](records, ["oneshot-ce"], args, tmp_path / "check.json") == checks  # resumes
+    table = study["lm_eval_lines"](tmp_path / "check.json")
+    assert "| financial_phrasebank | 50% | oneshot-ce | 0 | 6 |" in table[-1] and "6 of 6" in table[-1]
