@@ -262,6 +262,36 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
     assert kd16 != kd32 and kd16 == pytest.approx(kd32, rel=0.05)
 
 
+def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypatch):
+    """Distillation: every row the teacher gets is one of the run's train examples (prompt + gold answer), never a
+    test-side document, checked against sciq's whole test side encoded the same way."""
+    from transformers import AutoTokenizer
+
+    from trimllm.data import load_side, train_side_splits
+    from trimllm.distill import Distiller
+    from trimllm.prompts import mc_item
+    from trimllm.sft import sft_examples
+
+    seen: list[tuple[int, ...]] = []
+    loss = Distiller.loss
+
+    def recording(self, inputs, *args):
+        for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
+            seen.append(tuple(ids[mask.bool()].tolist()))
+        return loss(self, inputs, *args)
+
+    monkeypatch.setattr(Distiller, "loss", recording)
+    run_tiny(tiny_dir, tmp_path / "kd", "schedule.per_stage=1", "stop.target_fraction=0.34", "distill.enabled=true")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+
+    def encoded(records):
+        return {tuple(e["input_ids"]) for e in sft_examples(tokenizer, [mc_item("sciq", r) for r in records], 96)}
+
+    train = encoded(train_side_splits("sciq", 8, 4, 0, 16)["train"])
+    assert len(seen) == 2 * 2 * 4 and set(seen) <= train  # stages 1 and 2, 2 steps of batch 4
+    assert not set(seen) & encoded(load_side("sciq", "test"))
+
+
 def test_no_warning_a_user_cannot_act_on(tiny_dir, tmp_path):
     import warnings
 
