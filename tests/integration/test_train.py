@@ -262,6 +262,24 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
     assert kd16 != kd32 and kd16 == pytest.approx(kd32, rel=0.05)
 
 
+@pytest.mark.parametrize("method", [["lora.method=full", "train.lr=1e-4"], ["lora.method=qlora", "lora.r=2"],
+                                    ["pld.enabled=true", "pld.gamma=1.0"]], ids=["full", "qlora", "pld"])
+def test_distillation_trains_with_every_method_and_pld(tiny_dir, tmp_path, method):
+    """The stage-0 teacher distils into a full fine-tune, a QLoRA adapter and a PLD run alike: the pruned stages'
+    losses are finite and differ from the same run without a teacher, and the final model loads."""
+    common = ["schedule.per_stage=1", "stop.target_fraction=0.34", *method]
+    run_tiny(tiny_dir, tmp_path / "kd", *common, "distill.enabled=true", "distill.alpha=0")
+    run_tiny(tiny_dir, tmp_path / "ce", *common)
+
+    def pruned_losses(out):
+        return [m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if "loss" in m and m["stage"] > 0]
+
+    kd, ce = pruned_losses(tmp_path / "kd"), pruned_losses(tmp_path / "ce")
+    assert len(kd) == len(ce) == 4 and all(torch.isfinite(torch.tensor(kd))) and kd != ce
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "kd" / "final").config.num_hidden_layers == 4
+
+
 def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypatch):
     """Distillation: every row the teacher gets is one of the run's train examples (prompt + gold answer), never a
     test-side document, checked against sciq's whole test side encoded the same way."""
