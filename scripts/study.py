@@ -22,7 +22,8 @@ stage. Every arm trains its pruned model for exactly those steps on those exampl
   teacher or from pruning a domain-tuned model?);
 - ``oneshot-ft-partial``: the same, but partial-layer fine-tuning instead of LoRA (Lu et al. 2024: the top quarter
   of the kept blocks and the LM head trained in full, lr 5e-5; ``freeze.mode: bottom``);
-- ``oneshot-ft-r64``: the same with LoRA rank 64 (alpha 128) instead of 16.
+- ``oneshot-ft-r64``: the same with LoRA rank 64 (alpha 128) instead of 16;
+- ``oneshot-ft-lr``: the same with 3x the learning rate (6e-4).
 
 Wall time (``train_seconds``) is each arm's training run (scoring, training, validation, teacher forwards); arms
 that use the ``none`` model add its training time. Test accuracy: every test-side document, scored by trimllm's
@@ -65,13 +66,13 @@ from trimllm.prompts import mc_item
 N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000}  # the minimum train-side examples: one epoch each
 MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512}  # SciQ's support paragraphs run to ~400 tokens
 ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce", "oneshot-ft-ce",
-        "oneshot-ft-partial", "oneshot-ft-r64")
+        "oneshot-ft-partial", "oneshot-ft-r64", "oneshot-ft-lr")
 STAGES = 3  # removal stages of the progressive arms
 COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-kd"),
     ("progressive-rescore-ce", "oneshot-ce"), ("oneshot-ft-ce", "oneshot-ce"), ("oneshot-kd", "none"),
     ("progressive-fixed-kd", "none"), ("oneshot-ce", "none"), ("oneshot-ft-ce", "none"),
-    ("oneshot-ft-partial", "oneshot-ft-ce"), ("oneshot-ft-r64", "oneshot-ft-ce"),
+    ("oneshot-ft-partial", "oneshot-ft-ce"), ("oneshot-ft-r64", "oneshot-ft-ce"), ("oneshot-ft-lr", "oneshot-ft-ce"),
 )
 
 
@@ -102,6 +103,8 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
                 "train.lr=5e-5"]
     if arm == "oneshot-ft-r64":  # a larger adapter for the pruned model (rank 64, 4x the parameters)
         return [f"model.name={teacher}", *oneshot, "lora.r=64", "lora.alpha=128"]
+    if arm == "oneshot-ft-lr":  # a larger step for the pruned model: 3x the study's LoRA learning rate
+        return [f"model.name={teacher}", *oneshot, "train.lr=6e-4"]
     blocks = int(round(fraction * layers))
     progressive = [f"model.name={teacher}", "schedule.name=progressive", f"stop.target_fraction={fraction}",
                    f"schedule.per_stage={math.ceil(blocks / STAGES)}", "train.stage0_steps=0",

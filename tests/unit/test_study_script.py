@@ -48,6 +48,13 @@ def test_every_arm_trains_the_same_steps_and_is_the_method_it_names(teacher):
     assert fixed.schedule.per_stage == 5  # 15 of 30 blocks in 3 stages
     assert recipe(teacher, "progressive-fixed-kd", 0.25).schedule.per_stage == 3  # 8 of 30 blocks, the last stage capped
     assert study["uses_teacher"]("oneshot-kd") and not study["uses_teacher"]("oneshot-ce")
+    # the recovery levers: each differs from oneshot-ft-ce in the one setting it names
+    base = recipe(teacher, "oneshot-ft-ce")
+    partial, r64, lr = (recipe(teacher, arm) for arm in ("oneshot-ft-partial", "oneshot-ft-r64", "oneshot-ft-lr"))
+    assert (partial.lora.method, partial.freeze.mode, partial.freeze.fraction, partial.train.lr) == ("full", "bottom",
+                                                                                                  0.75, 5e-5)
+    assert (r64.lora.r, r64.lora.alpha, r64.train.lr) == (64, 128, base.train.lr)
+    assert (lr.train.lr, lr.lora.r) == (6e-4, base.lora.r) and base.model.name == lr.model.name == teacher  # 3x 2e-4
 
 
 def test_budget_is_one_epoch_of_the_examples():
