@@ -89,6 +89,10 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
+    # The adapter of a pruned model (a stage after a removal); null = r / alpha. A pruned model has more to recover
+    # than a fine-tune: in study v2 rank 64 beat 16 by 3.8 (25 %) and 5.5 (50 %) points on Financial PhraseBank.
+    pruned_r: int | None = None
+    pruned_alpha: int | None = None
 
 
 @dataclass

@@ -76,7 +76,8 @@ def _size_problems(recipe: Recipe) -> list[str]:
     at_least_one = [("data.n_train", d.n_train, "null for all the rest of the train side"),
                     ("data.max_length", d.max_length, ""), ("train.batch_size", t.batch_size, ""),
                     ("train.grad_accum", t.grad_accum, ""), ("train.logging_steps", t.logging_steps, ""),
-                    ("lora.r", lora.r, ""), ("scoring.batch_size", s.batch_size, ""),
+                    ("lora.r", lora.r, ""), ("lora.pruned_r", lora.pruned_r, "null for lora.r"),
+                    ("scoring.batch_size", s.batch_size, ""),
                     ("scoring.angular_n", s.angular_n, ""), ("scoring.proxy_k", s.proxy_k, "null to scan every candidate"),
                     ("stop.max_modules", recipe.stop.max_modules, "null for no limit"),
                     ("eval.batch_size", e.batch_size, "")]
@@ -87,6 +88,8 @@ def _size_problems(recipe: Recipe) -> list[str]:
         (0 <= t.warmup_ratio < 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
         (math.isfinite(t.weight_decay) and t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay} must be >= 0"),
         (lora.alpha > 0, f"lora.alpha = {lora.alpha} must be > 0"),
+        (lora.pruned_alpha is None or lora.pruned_alpha > 0,
+         f"lora.pruned_alpha = {lora.pruned_alpha} must be > 0 (null for lora.alpha)"),
         (0 <= lora.dropout < 1, f"lora.dropout = {lora.dropout} must be in [0, 1)"),
         (e.limit is None or e.limit > 0, f"eval.limit = {e.limit} must be > 0 (documents per task), or null for all"),
     ]

@@ -169,6 +169,24 @@ def test_progressive_layer_dropping_run(tiny_dir, tmp_path):
     assert "forward" not in final.model.layers[0].__dict__ and final.config.num_hidden_layers == 4
 
 
+def test_pruned_rank_gives_the_pruned_model_its_own_adapter(tiny_dir, tmp_path, monkeypatch):
+    """lora.pruned_r / pruned_alpha: tuned_oneshot's full-depth stage 0 trains rank 2, the pruned stage 1 rank 6."""
+    from trimllm.methods.lora import Lora
+
+    ranks, prepare = [], Lora.prepare
+
+    def recording(self, model, *args):
+        trainee = prepare(self, model, *args)
+        config = trainee.peft_config["default"]
+        ranks.append((config.r, config.lora_alpha))
+        return trainee
+
+    monkeypatch.setattr(Lora, "prepare", recording)
+    plan = run_tiny(tiny_dir, tmp_path / "r", "schedule.name=tuned_oneshot", "stop.target_fraction=0.34", "lora.r=2",
+                    "lora.alpha=4", "lora.pruned_r=6", "lora.pruned_alpha=12")
+    assert [len(s["removed"]) for s in plan["stages"]] == [0, 2] and ranks == [(2, 4), (6, 12)]
+
+
 def test_final_stage_steps_train_the_last_structure_longer(tiny_dir, tmp_path):
     out = tmp_path / "recovery"
     plan = run_tiny(tiny_dir, out, "schedule.per_stage=1", "stop.target_fraction=0.34", "train.final_stage_steps=5")

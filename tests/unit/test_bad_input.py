@@ -49,6 +49,8 @@ def no_traceback(text: str) -> bool:
     ("train.report_to=[wandb]", "train.report_to 'wandb': its package is not installed"),
     ("train.deepspeed=/nonexistent/ds.json", "train.deepspeed: file /nonexistent/ds.json not found"),
     ("lora.r=0", "lora.r = 0 must be >= 1"),
+    ("lora.pruned_r=0", "lora.pruned_r = 0 must be >= 1 (null for lora.r)"),
+    ("lora.pruned_alpha=0", "lora.pruned_alpha = 0 must be > 0 (null for lora.alpha)"),
     ("lora.alpha=0", "lora.alpha = 0 must be > 0"),
     ("lora.dropout=2", "lora.dropout = 2.0 must be in [0, 1)"),
     ("scoring.proxy_k=-1", "scoring.proxy_k = -1 must be >= 1"),

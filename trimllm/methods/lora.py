@@ -21,7 +21,8 @@ class Lora:
         from peft import LoraConfig, get_peft_model
 
         plan = get_plan(model)
-        config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+        r, alpha = rank(recipe.lora, pruned=bool(plan.dropped or plan.bypassed_attention or plan.bypassed_mlp))
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=recipe.lora.dropout,
                             target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
         with warnings.catch_warnings():
             # peft reads transformers 5's deprecated `is_gradient_checkpointing`: a FutureWarning on every stage
@@ -43,6 +44,13 @@ class Lora:
 
     def apply(self, model: nn.Module, trainee: nn.Module, weights: dict, device) -> nn.Module:
         return merge_into(model, trainee.peft_config["default"], weights, device)
+
+
+def rank(cfg, pruned: bool) -> tuple[int, int]:
+    """(r, alpha) of a stage's adapter: ``lora.pruned_r`` / ``pruned_alpha`` where the model has lost modules."""
+    if not pruned:
+        return cfg.r, cfg.alpha
+    return cfg.pruned_r or cfg.r, cfg.pruned_alpha or cfg.alpha
 
 
 def merge_into(model: nn.Module, lora_config, adapters: dict, device) -> nn.Module:
