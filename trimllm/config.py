@@ -98,6 +98,7 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     lr: float = 2e-4
+    pruned_lr: float | None = None  # the learning rate of a pruned model's stages; null = lr (see lora.pruned_r)
     lr_scheduler: str = "cosine"  # decayed fully within each stage
     warmup_ratio: float = 0.05
     batch_size: int = 8

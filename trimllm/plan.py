@@ -70,6 +70,11 @@ class Plan:
             "frozen": [f"block.{i}" for i in self.frozen],
         }
 
+    @property
+    def pruned(self) -> bool:
+        """Has the model lost a block or a half (frozen blocks are still there)?"""
+        return bool(self.dropped or self.bypassed_attention or self.bypassed_mlp)
+
     def is_empty(self) -> bool:
         return not (self.dropped or self.bypassed_attention or self.bypassed_mlp or self.frozen)
 

@@ -224,7 +224,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
         stage_callbacks.append(pld_callback(pld, stage * cfg.steps_per_stage))
     with _tensorboard_dir(metrics_path.parent / "tensorboard" / f"stage_{stage:02d}"):
-        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps, method),
+        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps, method, plan.pruned),
                                train_dataset=examples, callbacks=stage_callbacks, group_by_length=cfg.group_by_length,
                                data_collator=SFTCollator(pad_id(tokenizer), all_positions=_all_positions(distiller)),
                                distiller=distiller)
@@ -291,9 +291,11 @@ def _attention_kernels():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | None = None, method=None):
+def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | None = None, method=None,
+                       pruned: bool = False):
     """The stage's TrainingArguments. ``train.batch_size`` is the global batch: it is split over the processes of
-    a distributed launch, so one recipe trains the same way on 1 or N processes."""
+    a distributed launch, so one recipe trains the same way on 1 or N processes. A ``pruned`` model trains at
+    ``train.pruned_lr`` where set."""
     from transformers import TrainingArguments
 
     from trimllm.methods import for_recipe
@@ -309,7 +311,7 @@ def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | 
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size // world_size(),
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
+        learning_rate=cfg.pruned_lr if pruned and cfg.pruned_lr is not None else cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
         weight_decay=cfg.weight_decay,

@@ -85,6 +85,8 @@ def _size_problems(recipe: Recipe) -> list[str]:
                 for key, value, hint in at_least_one if value is not None and value < 1]
     checks = [
         (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
+        (t.pruned_lr is None or (math.isfinite(t.pruned_lr) and t.pruned_lr > 0),
+         f"train.pruned_lr = {t.pruned_lr} must be a positive number (null for train.lr)"),
         (0 <= t.warmup_ratio < 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
         (math.isfinite(t.weight_decay) and t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay} must be >= 0"),
         (lora.alpha > 0, f"lora.alpha = {lora.alpha} must be > 0"),

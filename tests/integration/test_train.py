@@ -169,11 +169,20 @@ def test_progressive_layer_dropping_run(tiny_dir, tmp_path):
     assert "forward" not in final.model.layers[0].__dict__ and final.config.num_hidden_layers == 4
 
 
-def test_pruned_rank_gives_the_pruned_model_its_own_adapter(tiny_dir, tmp_path, monkeypatch):
-    """lora.pruned_r / pruned_alpha: tuned_oneshot's full-depth stage 0 trains rank 2, the pruned stage 1 rank 6."""
+def test_pruned_rank_and_lr_give_the_pruned_model_its_own_adapter(tiny_dir, tmp_path, monkeypatch):
+    """lora.pruned_r / pruned_alpha and train.pruned_lr: tuned_oneshot's full-depth stage 0 trains rank 2 at lr
+    1e-3, the pruned stage 1 rank 6 at 3e-3."""
+    from trimllm import training
     from trimllm.methods.lora import Lora
 
-    ranks, prepare = [], Lora.prepare
+    ranks, prepare, rates, arguments = [], Lora.prepare, [], training.training_arguments
+
+    def recording_arguments(*args, **kwargs):
+        made = arguments(*args, **kwargs)
+        rates.append(made.learning_rate)
+        return made
+
+    monkeypatch.setattr(training, "training_arguments", recording_arguments)
 
     def recording(self, model, *args):
         trainee = prepare(self, model, *args)
@@ -183,8 +192,9 @@ def test_pruned_rank_gives_the_pruned_model_its_own_adapter(tiny_dir, tmp_path, 
 
     monkeypatch.setattr(Lora, "prepare", recording)
     plan = run_tiny(tiny_dir, tmp_path / "r", "schedule.name=tuned_oneshot", "stop.target_fraction=0.34", "lora.r=2",
-                    "lora.alpha=4", "lora.pruned_r=6", "lora.pruned_alpha=12")
+                    "lora.alpha=4", "lora.pruned_r=6", "lora.pruned_alpha=12", "train.lr=1e-3", "train.pruned_lr=3e-3")
     assert [len(s["removed"]) for s in plan["stages"]] == [0, 2] and ranks == [(2, 4), (6, 12)]
+    assert rates == [1e-3, 3e-3]
 
 
 def test_final_stage_steps_train_the_last_structure_longer(tiny_dir, tmp_path):

@@ -50,6 +50,7 @@ def no_traceback(text: str) -> bool:
     ("train.deepspeed=/nonexistent/ds.json", "train.deepspeed: file /nonexistent/ds.json not found"),
     ("lora.r=0", "lora.r = 0 must be >= 1"),
     ("lora.pruned_r=0", "lora.pruned_r = 0 must be >= 1 (null for lora.r)"),
+    ("train.pruned_lr=-1", "train.pruned_lr = -1.0 must be a positive number (null for train.lr)"),
     ("lora.pruned_alpha=0", "lora.pruned_alpha = 0 must be > 0 (null for lora.alpha)"),
     ("lora.alpha=0", "lora.alpha = 0 must be > 0"),
     ("lora.dropout=2", "lora.dropout = 2.0 must be in [0, 1)"),

@@ -21,7 +21,7 @@ class Lora:
         from peft import LoraConfig, get_peft_model
 
         plan = get_plan(model)
-        r, alpha = rank(recipe.lora, pruned=bool(plan.dropped or plan.bypassed_attention or plan.bypassed_mlp))
+        r, alpha = rank(recipe.lora, plan.pruned)
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=recipe.lora.dropout,
                             target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
         with warnings.catch_warnings():
