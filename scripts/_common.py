@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from trimllm.atomic import write_text_atomic
 from trimllm.bench import environment, environment_line  # noqa: F401  (the scripts' machine description)
 
@@ -85,3 +87,12 @@ def mcnemar_exact(a: list[bool], b: list[bool]) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def bootstrap_diff(a: list[bool], b: list[bool], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of mean(a) - mean(b), resampling the paired items."""
+    d = np.array(a, dtype=np.int8) - np.array(b, dtype=np.int8)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), (1000, len(d)))].mean(1) for _ in range(resamples // 1000)])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)

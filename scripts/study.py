@@ -4,6 +4,7 @@ SmolLM2-135M's blocks keeps the most domain accuracy, with paired tests on whole
     python scripts/study.py                                # everything below: hours on a 2-core CPU, resumable
     python scripts/study.py --tasks financial_phrasebank --seeds 0 --fractions 0.5
     python scripts/study.py --render-only                  # re-write the BENCHMARKS.md section from the JSON
+    python scripts/study.py --lm-eval-check oneshot-ft-r64 # those arms' test sides through lm-eval itself
 
 Budget: one epoch of batch 16 over the train side's first ``n_train`` examples (Financial PhraseBank 1500 =
 94 steps, SciQ 1000 = 63 steps), LoRA r 16 on every linear layer, lr 2e-4, 10 % warmup and cosine decay in every
@@ -41,9 +42,9 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 from _common import (
     ROOT,
+    bootstrap_diff,
     command_line,
     environment_line,
     mcnemar_exact,
@@ -54,6 +55,7 @@ from _common import (
     write_json,
     write_section,
 )
+from _study_check import lm_eval_check, lm_eval_lines
 
 from trimllm.config import load_recipe
 from trimllm.data import load_side
@@ -73,6 +75,8 @@ COMPARISONS = (  # (a, b): is a better than b
     ("progressive-rescore-ce", "oneshot-ce"), ("oneshot-ft-ce", "oneshot-ce"), ("oneshot-kd", "none"),
     ("progressive-fixed-kd", "none"), ("oneshot-ce", "none"), ("oneshot-ft-ce", "none"),
     ("oneshot-ft-partial", "oneshot-ft-ce"), ("oneshot-ft-r64", "oneshot-ft-ce"), ("oneshot-ft-lr", "oneshot-ft-ce"),
+    ("oneshot-ft-r64", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ft-r64"),
+    ("oneshot-ft-r64", "none"), ("oneshot-ft-lr", "none"),
 )
 
 
@@ -174,44 +178,6 @@ def evaluate_arm(arm: str, fraction: float, task: str, seed: int, out: Path, pla
     return record
 
 
-LM_EVAL_TASK = {"financial_phrasebank": "trimllm_fpb", "sciq": "trimllm_sciq"}  # the data set's lm-eval task
-LM_EVAL_CHECK = ROOT / "benchmarks" / "study_v2_lm_eval.json"  # its own file: a running study rewrites --out
-
-
-def lm_eval_check(records: list[dict], arms: list[str], args, path: Path = LM_EVAL_CHECK) -> list[dict]:
-    """The listed arms' test side through lm-eval's own HFLM (one forward per choice) beside the packed scorer's
-    outcomes in the study's records: the same documents, so the same accuracy and right / wrong per document are
-    expected. Runs whose model folder is gone are skipped; checks already saved are kept."""
-    checks = json.loads(path.read_text()) if path.is_file() else []
-    for r in records:
-        key = (r["task"], r["arm"], r["removed_fraction"], r["seed"])
-        final = args.work / f"{r['task']}-{r['arm']}-{r['removed_fraction']}-{r['seed']}" / "final"
-        seen = any((c["task"], c["arm"], c["removed_fraction"], c["seed"]) == key for c in checks)
-        if r["arm"] not in arms or seen or not final.is_dir():
-            continue
-        model, tokenizer = load_model(final)
-        name = LM_EVAL_TASK[r["task"]]
-        results = evaluate(model, tokenizer, [name], limit=args.test_limit, batch_size=args.eval_batch_size,
-                           log_samples=True)
-        theirs = ["1" if s["acc"] else "0" for s in sorted(results["samples"][name], key=lambda s: s["doc_id"])]
-        same = sum(a == b for a, b in zip(theirs, r["correct"], strict=True))
-        checks.append({"task": r["task"], "arm": r["arm"], "removed_fraction": r["removed_fraction"],
-                       "seed": r["seed"], "n": len(theirs), "acc_packed": r["acc"],
-                       "acc_lm_eval": round(theirs.count("1") / len(theirs), 4), "same_outcome": same})
-        print(json.dumps(checks[-1]), flush=True)
-        write_json(path, checks)
-    return checks
-
-
-def bootstrap_diff(a: list[bool], b: list[bool], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of mean(a) - mean(b), resampling the paired items."""
-    d = np.array(a, dtype=np.int8) - np.array(b, dtype=np.int8)
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([d[rng.integers(0, len(d), (1000, len(d)))].mean(1) for _ in range(resamples // 1000)])
-    low, high = np.quantile(means, [0.025, 0.975])
-    return float(low), float(high)
-
-
 def comparisons(records: list[dict], resamples: int = 10_000) -> list[dict]:
     """Every (a, b) of COMPARISONS at every task x fraction where both ran on the same seeds: paired over the
     test items of every shared seed (``none`` is full depth, compared at each fraction)."""
@@ -247,10 +213,22 @@ def default_arm() -> str:
     recipe = load_recipe(ROOT / "recipes" / "finance.yaml", [])
     kd = "kd" if recipe.distill.enabled else "ce"
     if recipe.schedule.name == "tuned_oneshot":  # = the oneshot-ft arm: oneshot on the none arm's tuned model
+        if recipe.lora.pruned_r == 64:  # the pruned model's adapter at rank 64: oneshot-ft-r64
+            return "oneshot-ft-r64"
+        if recipe.train.pruned_lr is not None and recipe.train.pruned_lr > recipe.train.lr:  # oneshot-ft-lr
+            return "oneshot-ft-lr"
         return f"oneshot-ft-{kd}"
     if recipe.schedule.name == "progressive":
         return f"progressive-{recipe.scoring.order}-{kd}"
     return recipe.schedule.name if recipe.schedule.name == "none" else f"{recipe.schedule.name}-{kd}"
+
+
+def render(args) -> None:
+    """--render-only: measures nothing; the comparisons and the shipped arm are re-derived from the records."""
+    figures = json.loads(args.out.read_text())
+    figures.update(comparisons=comparisons(figures["records"]), default_arm=default_arm())
+    write_json(args.out, figures)
+    write_section(ROOT / "BENCHMARKS.md", args.section, markdown(figures))
 
 
 def main() -> None:
@@ -272,8 +250,7 @@ def main() -> None:
                          help="run folders (kept, so that a killed study resumes)")
     args = options.parse_args()
     if args.render_only:
-        figures = json.loads(args.out.read_text())
-        write_section(ROOT / "BENCHMARKS.md", args.section, markdown(figures))
+        render(args)
         return
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     records = previous.get("records", [])
@@ -362,19 +339,6 @@ def markdown(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def lm_eval_lines(path: Path = LM_EVAL_CHECK) -> list[str]:
-    """The table of ``--lm-eval-check``: the packed scorer against lm-eval on the same models and documents."""
-    if not path.is_file():
-        return []
-    lines = ["", f"The test side through lm-eval itself (`python scripts/study.py --lm-eval-check ARMS`, "
-             f"`{shown_path(path, ROOT)}`; HFLM, one forward per choice) against the packed scorer above, "
-             "on the same models and documents:", "",
-             "| task | removed | arm | seed | n | packed scorer acc | lm-eval acc | same right / wrong |",
-             "|---|---|---|---|---|---|---|---|"]
-    for c in json.loads(path.read_text()):
-        lines.append(f"| {c['task']} | {c['removed_fraction']:.0%} | {c['arm']} | {c['seed']} | {c['n']} | "
-                     f"{c['acc_packed']:.3f} | {c['acc_lm_eval']:.3f} | {c['same_outcome']} of {c['n']} |")
-    return lines
 
 
 if __name__ == "__main__":

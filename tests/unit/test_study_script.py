@@ -91,6 +91,9 @@ def test_default_arm_is_what_the_shipped_recipe_runs():
     # tuned_oneshot is the oneshot-ft arm (oneshot on the none arm's domain-tuned model) as one recipe
     assert arm.startswith({"tuned_oneshot": "oneshot-ft"}.get(finance.schedule.name, finance.schedule.name))
     assert arm.endswith("-kd") == finance.distill.enabled
+    # the recovery levers as recipe settings: the pruned model's rank or learning rate
+    assert arm.endswith("-r64") == (finance.lora.pruned_r == 64)
+    assert arm.endswith("-lr") == (finance.train.pruned_lr is not None and finance.train.pruned_lr > finance.train.lr)
 
 
 def test_markdown_lists_every_run_and_comparison():
