@@ -76,7 +76,7 @@ class Plan:
         return bool(self.dropped or self.bypassed_attention or self.bypassed_mlp)
 
     def is_empty(self) -> bool:
-        return not (self.dropped or self.bypassed_attention or self.bypassed_mlp or self.frozen)
+        return not (self.pruned or self.frozen)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "blocks_kept": len(self.kept), "modules": self.modules()}
