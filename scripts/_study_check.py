@@ -14,15 +14,24 @@ LM_EVAL_TASK = {"financial_phrasebank": "trimllm_fpb", "sciq": "trimllm_sciq"}  
 LM_EVAL_CHECK = ROOT / "benchmarks" / "study_v2_lm_eval.json"  # its own file: a running study rewrites --out
 
 
+def record_key(r: dict) -> tuple:
+    """What identifies one of the study's runs: (task, arm, removed fraction, seed)."""
+    return r["task"], r["arm"], r["removed_fraction"], r["seed"]
+
+
+def run_folder(work: Path, task: str, arm: str, fraction: float, seed: int) -> Path:
+    """The folder of one of the study's runs (its training resumes there; ``final/`` is its model)."""
+    return work / f"{task}-{arm}-{fraction}-{seed}"
+
+
 def lm_eval_check(records: list[dict], arms: list[str], args, path: Path = LM_EVAL_CHECK) -> list[dict]:
     """The listed arms' test side through lm-eval's own HFLM (one forward per choice) beside the packed scorer's
     outcomes in the study's records: the same documents, so the same accuracy and right / wrong per document are
     expected. Runs whose model folder is gone are skipped; checks already saved are kept."""
     checks = json.loads(path.read_text()) if path.is_file() else []
     for r in records:
-        key = (r["task"], r["arm"], r["removed_fraction"], r["seed"])
-        final = args.work / f"{r['task']}-{r['arm']}-{r['removed_fraction']}-{r['seed']}" / "final"
-        seen = any((c["task"], c["arm"], c["removed_fraction"], c["seed"]) == key for c in checks)
+        final = run_folder(args.work, *record_key(r)) / "final"
+        seen = any(record_key(c) == record_key(r) for c in checks)
         if r["arm"] not in arms or seen or not final.is_dir():
             continue
         model, tokenizer = load_model(final)

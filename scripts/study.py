@@ -55,7 +55,7 @@ from _common import (
     write_json,
     write_section,
 )
-from _study_check import lm_eval_check, lm_eval_lines
+from _study_check import lm_eval_check, lm_eval_lines, record_key, run_folder
 
 from trimllm.config import load_recipe
 from trimllm.data import load_side
@@ -128,7 +128,7 @@ def uses_teacher(arm: str) -> bool:
 def train_arm(arm: str, fraction: float, task: str, seed: int, args, work: Path, layers: int,
               teacher: Path | None) -> tuple[Path, dict]:
     """Run (or resume, or find finished) one arm's training; returns its run folder and plan."""
-    out = work / f"{task}-{arm}-{fraction}-{seed}"
+    out = run_folder(work, task, arm, fraction, seed)
     steps = budget_steps(task, args)
     overrides = [
         f"model.name={args.model}", f"data.task={task}", f"data.seed={seed}", f"train.seed={seed}",
@@ -256,7 +256,7 @@ def main() -> None:
     records = previous.get("records", [])
     if args.lm_eval_check:
         lm_eval_check(records, args.lm_eval_check.split(","), args)
-        write_section(ROOT / "BENCHMARKS.md", args.section, markdown(previous))
+        render(args)
         return
     minutes = previous.get("setup", {}).get("minutes", 0.0)
     started = time.time()
@@ -277,7 +277,7 @@ def main() -> None:
             for fraction in (float(f) for f in args.fractions.split(",")):
                 for arm in args.arms.split(","):
                     key = (task, arm, 0.0 if arm == "none" else fraction, seed)
-                    if any((r["task"], r["arm"], r["removed_fraction"], r["seed"]) == key for r in records):
+                    if any(record_key(r) == key for r in records):
                         continue
                     if uses_teacher(arm) and teacher is None:  # `none` evaluated before: its run resumes as done
                         out, plan = train_arm("none", 0.0, task, seed, args, args.work, layers, None)
@@ -337,8 +337,6 @@ def markdown(figures: dict) -> str:
                      f"{c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p']:.3g} |")
     lines += ["", f"The shipped recipes use `{figures['default_arm']}`.", *lm_eval_lines()]
     return "\n".join(lines)
-
-
 
 
 if __name__ == "__main__":
