@@ -24,7 +24,8 @@ stage. Every arm trains its pruned model for exactly those steps on those exampl
 - ``oneshot-ft-partial``: the same, but partial-layer fine-tuning instead of LoRA (Lu et al. 2024: the top quarter
   of the kept blocks and the LM head trained in full, lr 5e-5; ``freeze.mode: bottom``);
 - ``oneshot-ft-r64``: the same with LoRA rank 64 (alpha 128) instead of 16;
-- ``oneshot-ft-lr``: the same with 3x the learning rate (6e-4).
+- ``oneshot-ft-lr``: the same with 3x the learning rate (6e-4); ``oneshot-ft-r64-lr``: both;
+- ``oneshot-kd-all``: ``oneshot-kd`` with the KL at every position of prompt + answer (``distill.tokens: all``).
 
 Wall time (``train_seconds``) is each arm's training run (scoring, training, validation, teacher forwards); arms
 that use the ``none`` model add its training time. Test accuracy: every test-side document, scored by trimllm's
@@ -67,8 +68,15 @@ from trimllm.prompts import mc_item
 
 N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000}  # the minimum train-side examples: one epoch each
 MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512}  # SciQ's support paragraphs run to ~400 tokens
-ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce", "oneshot-ft-ce",
-        "oneshot-ft-partial", "oneshot-ft-r64", "oneshot-ft-lr")
+LEVERS = {  # oneshot-ft-<lever>: drop once from the `none` model, then train the pruned model with these overrides
+    "ce": [],
+    "partial": ["lora.method=full", "freeze.mode=bottom", "freeze.fraction=0.75", "train.lr=5e-5"],  # Lu et al. 2024
+    "r64": ["lora.r=64", "lora.alpha=128"],  # a larger adapter (4x the parameters)
+    "lr": ["train.lr=6e-4"],  # a larger step: 3x the study's LoRA learning rate
+    "r64-lr": ["lora.r=64", "lora.alpha=128", "train.lr=6e-4"],
+}
+ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce",
+        *(f"oneshot-ft-{lever}" for lever in LEVERS), "oneshot-kd-all")
 STAGES = 3  # removal stages of the progressive arms
 COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-kd"),
@@ -76,7 +84,8 @@ COMPARISONS = (  # (a, b): is a better than b
     ("progressive-fixed-kd", "none"), ("oneshot-ce", "none"), ("oneshot-ft-ce", "none"),
     ("oneshot-ft-partial", "oneshot-ft-ce"), ("oneshot-ft-r64", "oneshot-ft-ce"), ("oneshot-ft-lr", "oneshot-ft-ce"),
     ("oneshot-ft-r64", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ft-r64"),
-    ("oneshot-ft-r64", "none"), ("oneshot-ft-lr", "none"),
+    ("oneshot-ft-r64", "none"), ("oneshot-ft-lr", "none"), ("oneshot-ft-r64-lr", "oneshot-ft-r64"),
+    ("oneshot-ft-r64-lr", "oneshot-ce"), ("oneshot-kd-all", "oneshot-kd"), ("oneshot-kd-all", "oneshot-ce"),
 )
 
 
@@ -95,27 +104,21 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     if arm == "none":
         return ["schedule.name=none", f"train.steps_per_stage={steps}"]
     oneshot = ["schedule.name=oneshot", f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
-    kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0", "distill.tokens=answer"]
+    kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0"]
     if arm == "oneshot-ce":
         return oneshot
-    if arm == "oneshot-kd":
-        return [*oneshot, *kd, f"distill.teacher={teacher}"]
-    if arm == "oneshot-ft-ce":
-        return [f"model.name={teacher}", *oneshot]
-    if arm == "oneshot-ft-partial":  # Lu et al. 2024: the top quarter of the kept blocks + LM head, in full
-        return [f"model.name={teacher}", *oneshot, "lora.method=full", "freeze.mode=bottom", "freeze.fraction=0.75",
-                "train.lr=5e-5"]
-    if arm == "oneshot-ft-r64":  # a larger adapter for the pruned model (rank 64, 4x the parameters)
-        return [f"model.name={teacher}", *oneshot, "lora.r=64", "lora.alpha=128"]
-    if arm == "oneshot-ft-lr":  # a larger step for the pruned model: 3x the study's LoRA learning rate
-        return [f"model.name={teacher}", *oneshot, "train.lr=6e-4"]
+    if arm in ("oneshot-kd", "oneshot-kd-all"):
+        tokens = "all" if arm == "oneshot-kd-all" else "answer"
+        return [*oneshot, *kd, f"distill.tokens={tokens}", f"distill.teacher={teacher}"]
+    if arm.startswith("oneshot-ft-"):
+        return [f"model.name={teacher}", *oneshot, *LEVERS[arm.removeprefix("oneshot-ft-")]]
     blocks = int(round(fraction * layers))
     progressive = [f"model.name={teacher}", "schedule.name=progressive", f"stop.target_fraction={fraction}",
                    f"schedule.per_stage={math.ceil(blocks / STAGES)}", "train.stage0_steps=0",
                    f"train.steps_per_stage={steps // STAGES}",
                    f"train.final_stage_steps={steps - (STAGES - 1) * (steps // STAGES)}"]
     if arm == "progressive-fixed-kd":
-        return [*progressive, "scoring.order=fixed", *kd, "distill.teacher=stage0"]
+        return [*progressive, "scoring.order=fixed", *kd, "distill.tokens=answer", "distill.teacher=stage0"]
     if arm == "progressive-rescore-ce":
         return [*progressive, "scoring.order=rescore"]
     raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
@@ -213,11 +216,9 @@ def default_arm() -> str:
     recipe = load_recipe(ROOT / "recipes" / "finance.yaml", [])
     kd = "kd" if recipe.distill.enabled else "ce"
     if recipe.schedule.name == "tuned_oneshot":  # = the oneshot-ft arm: oneshot on the none arm's tuned model
-        if recipe.lora.pruned_r == 64:  # the pruned model's adapter at rank 64: oneshot-ft-r64
-            return "oneshot-ft-r64"
-        if recipe.train.pruned_lr is not None and recipe.train.pruned_lr > recipe.train.lr:  # oneshot-ft-lr
-            return "oneshot-ft-lr"
-        return f"oneshot-ft-{kd}"
+        levers = [name for name, on in (("r64", recipe.lora.pruned_r == 64),  # the pruned model's adapter rank
+                                        ("lr", (recipe.train.pruned_lr or 0) > recipe.train.lr)) if on]
+        return f"oneshot-ft-{'-'.join(levers or [kd])}"
     if recipe.schedule.name == "progressive":
         return f"progressive-{recipe.scoring.order}-{kd}"
     return recipe.schedule.name if recipe.schedule.name == "none" else f"{recipe.schedule.name}-{kd}"

@@ -45,20 +45,20 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
         elif not (out / "resolved.yaml").is_file():
             raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
                                   "new or empty folder")
-        elif (changed := bool(_changed(out, recipe)[2])) and not _completed_stages(out):
+        elif (changed := _changed(out, recipe))[2] and not _completed_stages(out):
             # a run that never completed a stage protects nothing: the corrected recipe starts over
             logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
             check_replaceable(out)
             shutil.rmtree(out)
-        elif changed and _changed_keys(out, recipe) <= {"eval"}:
+        elif changed[2] and {key.split(".")[0] for key in changed[2]} <= {"eval"}:
             # only the evaluation asked for changed: keep the training, redo the final evaluation
             logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)
             previous = RunFile.read(out)
             previous.final = None
             write_text_atomic(out / "resolved.yaml", resolved)
             return previous
-        elif changed:
-            raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(out, recipe)}); "
+        elif changed[2]:
+            raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(*changed)}); "
                                   "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite")
         elif (out / PLAN_FILE).is_file() and not (out / RUN_FILE).is_file():
             raise FileExistsError(f"output_dir {out} holds a run of an older trimllm (its run file is {PLAN_FILE}, now "
@@ -109,13 +109,8 @@ def _changed(out: Path, recipe: Recipe) -> tuple[dict, dict, list[str]]:
                             and not (k not in old and k in defaults and new.get(k) == defaults[k]))
 
 
-def _changed_keys(out: Path, recipe: Recipe) -> set[str]:
-    """The top-level sections (``eval``, ``train``, ...) whose values differ from the saved recipe's."""
-    return {key.split(".")[0] for key in _changed(out, recipe)[2]}
-
-
-def _differences(out: Path, recipe: Recipe) -> str:
-    old, new, keys = _changed(out, recipe)
+def _differences(old: dict, new: dict, keys: list[str]) -> str:
+    """The first five changed keys as ``key: old -> new``, for the message that refuses to resume."""
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
 
 
