@@ -85,7 +85,8 @@ COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-ft-partial", "oneshot-ft-ce"), ("oneshot-ft-r64", "oneshot-ft-ce"), ("oneshot-ft-lr", "oneshot-ft-ce"),
     ("oneshot-ft-r64", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ft-r64"),
     ("oneshot-ft-r64", "none"), ("oneshot-ft-lr", "none"), ("oneshot-ft-r64-lr", "oneshot-ft-r64"),
-    ("oneshot-ft-r64-lr", "oneshot-ce"), ("oneshot-kd-all", "oneshot-kd"), ("oneshot-kd-all", "oneshot-ce"),
+    ("oneshot-ft-r64-lr", "oneshot-ce"), ("oneshot-ft-r64-lr", "none"), ("oneshot-kd-all", "oneshot-kd"),
+    ("oneshot-kd-all", "oneshot-ce"),
 )
 
 
