@@ -25,7 +25,8 @@ stage. Every arm trains its pruned model for exactly those steps on those exampl
   of the kept blocks and the LM head trained in full, lr 5e-5; ``freeze.mode: bottom``);
 - ``oneshot-ft-r64``: the same with LoRA rank 64 (alpha 128) instead of 16;
 - ``oneshot-ft-lr``: the same with 3x the learning rate (6e-4); ``oneshot-ft-r64-lr``: both;
-- ``oneshot-kd-all``: ``oneshot-kd`` with the KL at every position of prompt + answer (``distill.tokens: all``).
+- ``oneshot-kd-all``: ``oneshot-kd`` with the KL at every position of prompt + answer (``distill.tokens: all``);
+  ``oneshot-kd-hidden``: ``oneshot-kd`` plus Minitron's block-output cosine loss (``distill.hidden_weight: 1``).
 
 Wall time (``train_seconds``) is each arm's training run (scoring, training, validation, teacher forwards); arms
 that use the ``none`` model add its training time. Test accuracy: every test-side document, scored by trimllm's
@@ -76,7 +77,7 @@ LEVERS = {  # oneshot-ft-<lever>: drop once from the `none` model, then train th
     "r64-lr": ["lora.r=64", "lora.alpha=128", "train.lr=6e-4"],
 }
 ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce",
-        *(f"oneshot-ft-{lever}" for lever in LEVERS), "oneshot-kd-all")
+        *(f"oneshot-ft-{lever}" for lever in LEVERS), "oneshot-kd-all", "oneshot-kd-hidden")
 STAGES = 3  # removal stages of the progressive arms
 COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-ce"), ("progressive-fixed-kd", "oneshot-kd"),
@@ -86,7 +87,7 @@ COMPARISONS = (  # (a, b): is a better than b
     ("oneshot-ft-r64", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ce"), ("oneshot-ft-lr", "oneshot-ft-r64"),
     ("oneshot-ft-r64", "none"), ("oneshot-ft-lr", "none"), ("oneshot-ft-r64-lr", "oneshot-ft-r64"),
     ("oneshot-ft-r64-lr", "oneshot-ce"), ("oneshot-ft-r64-lr", "none"), ("oneshot-kd-all", "oneshot-kd"),
-    ("oneshot-kd-all", "oneshot-ce"),
+    ("oneshot-kd-all", "oneshot-ce"), ("oneshot-kd-hidden", "oneshot-kd"), ("oneshot-kd-hidden", "oneshot-ce"),
 )
 
 
@@ -108,9 +109,10 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0"]
     if arm == "oneshot-ce":
         return oneshot
-    if arm in ("oneshot-kd", "oneshot-kd-all"):
+    if arm in ("oneshot-kd", "oneshot-kd-all", "oneshot-kd-hidden"):
         tokens = "all" if arm == "oneshot-kd-all" else "answer"
-        return [*oneshot, *kd, f"distill.tokens={tokens}", f"distill.teacher={teacher}"]
+        hidden = 1.0 if arm == "oneshot-kd-hidden" else 0.0
+        return [*oneshot, *kd, f"distill.tokens={tokens}", f"distill.hidden_weight={hidden}", f"distill.teacher={teacher}"]
     if arm.startswith("oneshot-ft-"):
         return [f"model.name={teacher}", *oneshot, *LEVERS[arm.removeprefix("oneshot-ft-")]]
     blocks = int(round(fraction * layers))

@@ -60,6 +60,9 @@ def test_every_arm_trains_the_same_steps_and_is_the_method_it_names(teacher):
     dense = recipe(teacher, "oneshot-kd-all")  # oneshot-kd but for the positions the KL covers
     assert (dense.distill.tokens, kd.distill.tokens) == ("all", "answer")
     assert (dense.distill.teacher, dense.distill.alpha, dense.model.name) == (teacher, kd.distill.alpha, kd.model.name)
+    hidden = recipe(teacher, "oneshot-kd-hidden")  # oneshot-kd plus the block-output cosine term
+    assert (hidden.distill.hidden_weight, kd.distill.hidden_weight, dense.distill.hidden_weight) == (1.0, 0.0, 0.0)
+    assert (hidden.distill.tokens, hidden.distill.teacher, hidden.model.name) == ("answer", teacher, kd.model.name)
 
 
 def test_budget_is_one_epoch_of_the_examples():
