@@ -76,6 +76,11 @@ LEVERS = {  # oneshot-ft-<lever>: drop once from the `none` model, then train th
     "lr": ["train.lr=6e-4"],  # a larger step: 3x the study's LoRA learning rate
     "r64-lr": ["lora.r=64", "lora.alpha=128", "train.lr=6e-4"],
 }
+DISTILL = {  # oneshot-<variant>: drop once, distil from the `none` model at the answer tokens, with these overrides
+    "kd": [],
+    "kd-all": ["distill.tokens=all"],  # the KL at every position of prompt + answer
+    "kd-hidden": ["distill.hidden_weight=1.0"],  # + Minitron's block-output cosine term
+}
 ARMS = ("none", "oneshot-ce", "oneshot-kd", "progressive-fixed-kd", "progressive-rescore-ce",
         *(f"oneshot-ft-{lever}" for lever in LEVERS), "oneshot-kd-all", "oneshot-kd-hidden")
 STAGES = 3  # removal stages of the progressive arms
@@ -106,13 +111,11 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     if arm == "none":
         return ["schedule.name=none", f"train.steps_per_stage={steps}"]
     oneshot = ["schedule.name=oneshot", f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
-    kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0"]
+    kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0", "distill.tokens=answer"]
     if arm == "oneshot-ce":
         return oneshot
-    if arm in ("oneshot-kd", "oneshot-kd-all", "oneshot-kd-hidden"):
-        tokens = "all" if arm == "oneshot-kd-all" else "answer"
-        hidden = 1.0 if arm == "oneshot-kd-hidden" else 0.0
-        return [*oneshot, *kd, f"distill.tokens={tokens}", f"distill.hidden_weight={hidden}", f"distill.teacher={teacher}"]
+    if arm.removeprefix("oneshot-") in DISTILL:
+        return [*oneshot, *kd, f"distill.teacher={teacher}", *DISTILL[arm.removeprefix("oneshot-")]]
     if arm.startswith("oneshot-ft-"):
         return [f"model.name={teacher}", *oneshot, *LEVERS[arm.removeprefix("oneshot-ft-")]]
     blocks = int(round(fraction * layers))
@@ -121,7 +124,7 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
                    f"train.steps_per_stage={steps // STAGES}",
                    f"train.final_stage_steps={steps - (STAGES - 1) * (steps // STAGES)}"]
     if arm == "progressive-fixed-kd":
-        return [*progressive, "scoring.order=fixed", *kd, "distill.tokens=answer", "distill.teacher=stage0"]
+        return [*progressive, "scoring.order=fixed", *kd, "distill.teacher=stage0"]
     if arm == "progressive-rescore-ce":
         return [*progressive, "scoring.order=rescore"]
     raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
