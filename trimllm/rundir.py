@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -45,20 +46,20 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
         elif not (out / "resolved.yaml").is_file():
             raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
                                   "new or empty folder")
-        elif (changed := _changed(out, recipe))[2] and not _completed_stages(out):
+        elif (changed := _changed(out, recipe)).keys and not _completed_stages(out):
             # a run that never completed a stage protects nothing: the corrected recipe starts over
             logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
             check_replaceable(out)
             shutil.rmtree(out)
-        elif changed[2] and {key.split(".")[0] for key in changed[2]} <= {"eval"}:
+        elif changed.keys and {key.split(".")[0] for key in changed.keys} <= {"eval"}:
             # only the evaluation asked for changed: keep the training, redo the final evaluation
             logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)
             previous = RunFile.read(out)
             previous.final = None
             write_text_atomic(out / "resolved.yaml", resolved)
             return previous
-        elif changed[2]:
-            raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({_differences(*changed)}); "
+        elif changed.keys:
+            raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({changed.describe()}); "
                                   "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite")
         elif (out / PLAN_FILE).is_file() and not (out / RUN_FILE).is_file():
             raise FileExistsError(f"output_dir {out} holds a run of an older trimllm (its run file is {PLAN_FILE}, now "
@@ -99,19 +100,27 @@ def _flatten(node, prefix=""):
     return {prefix.rstrip("."): node}
 
 
-def _changed(out: Path, recipe: Recipe) -> tuple[dict, dict, list[str]]:
-    """The saved recipe, the new one (both flattened) and the keys whose values differ. A key the saved recipe lacks
-    (one this trimllm added since) that is at its default is no change: the default keeps the old behaviour, so a
-    run started before an upgrade still resumes."""
+class RecipeChange(NamedTuple):
+    """The saved recipe, the new one (both flattened) and the keys whose values differ."""
+
+    old: dict
+    new: dict
+    keys: list[str]
+
+    def describe(self) -> str:
+        """The first five changed keys as ``key: old -> new``, for the message that refuses to resume."""
+        shown = ", ".join(f"{k}: {self.old.get(k)!r} -> {self.new.get(k)!r}" for k in self.keys[:5])
+        return shown + (" ..." if len(self.keys) > 5 else "")
+
+
+def _changed(out: Path, recipe: Recipe) -> RecipeChange:
+    """How ``recipe`` differs from the one saved in ``out``. A key the saved recipe lacks (one this trimllm added
+    since) that is at its default is no change: the default keeps the old behaviour, so a run started before an
+    upgrade still resumes."""
     old, new = _flatten(yaml.safe_load((out / "resolved.yaml").read_text())), _flatten(recipe.to_dict())
     defaults = _flatten(Recipe().to_dict())
-    return old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
-                            and not (k not in old and k in defaults and new.get(k) == defaults[k]))
-
-
-def _differences(old: dict, new: dict, keys: list[str]) -> str:
-    """The first five changed keys as ``key: old -> new``, for the message that refuses to resume."""
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:5]) + (" ..." if len(keys) > 5 else "")
+    return RecipeChange(old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                                         and not (k not in old and k in defaults and new.get(k) == defaults[k])))
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:
