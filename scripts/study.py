@@ -114,8 +114,8 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0", "distill.tokens=answer"]
     if arm == "oneshot-ce":
         return oneshot
-    if arm.removeprefix("oneshot-") in DISTILL:
-        return [*oneshot, *kd, f"distill.teacher={teacher}", *DISTILL[arm.removeprefix("oneshot-")]]
+    if (variant := arm.removeprefix("oneshot-")) in DISTILL:
+        return [*oneshot, *kd, f"distill.teacher={teacher}", *DISTILL[variant]]
     if arm.startswith("oneshot-ft-"):
         return [f"model.name={teacher}", *oneshot, *LEVERS[arm.removeprefix("oneshot-ft-")]]
     blocks = int(round(fraction * layers))
