@@ -61,8 +61,8 @@ def methods(budget: int, stages: int, layers: int) -> list[dict]:
 
     def removals(fraction: float) -> list[str]:  # progressive: the blocks of `fraction` in `stages` stages
         blocks = int(round(fraction * layers))
-        return ["schedule.name=progressive", f"stop.target_fraction={fraction}",
-                f"schedule.per_stage={math.ceil(blocks / stages)}"]
+        return ["schedule.name=progressive", "scoring.order=rescore",  # v0.1's progressive (it re-scored)
+                f"stop.target_fraction={fraction}", f"schedule.per_stage={math.ceil(blocks / stages)}"]
 
     runs = [{"method": "none", "removed_fraction": 0.0,
              "overrides": ["schedule.name=none", f"train.steps_per_stage={budget}"]}]

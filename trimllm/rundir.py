@@ -108,19 +108,27 @@ class RecipeChange(NamedTuple):
     keys: list[str]
 
     def describe(self) -> str:
-        """The first five changed keys as ``key: old -> new``, for the message that refuses to resume."""
+        """The first five changed keys as ``key: old -> new``, for the message that refuses to resume; where a
+        default changed since the run was saved, how to resume it as it started."""
         shown = ", ".join(f"{k}: {self.old.get(k)!r} -> {self.new.get(k)!r}" for k in self.keys[:5])
-        return shown + (" ..." if len(self.keys) > 5 else "")
+        hints = [f"; the default of {k} is now {self.new[k]!r} ({why}): pass {k}={self.old[k]} to resume this run"
+                 for k, (former, why) in CHANGED_DEFAULTS.items() if k in self.keys and self.old.get(k) == former]
+        return shown + (" ..." if len(self.keys) > 5 else "") + "".join(hints)
+
+
+# Defaults that changed since v0.1: the former value, and why. A run saved under the former default holds it in its
+# resolved.yaml, so it is refused as another recipe rather than silently resumed under a different method.
+CHANGED_DEFAULTS = {"scoring.order": ("rescore", "progressive scores once and keeps that order; study v2")}
 
 
 def _changed(out: Path, recipe: Recipe) -> RecipeChange:
     """How ``recipe`` differs from the one saved in ``out``. A key the saved recipe lacks (one this trimllm added
-    since) that is at its default is no change: the default keeps the old behaviour, so a run started before an
-    upgrade still resumes."""
-    old, new = _flatten(yaml.safe_load((out / "resolved.yaml").read_text())), _flatten(recipe.to_dict())
-    defaults = _flatten(Recipe().to_dict())
-    return RecipeChange(old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
-                                         and not (k not in old and k in defaults and new.get(k) == defaults[k])))
+    since) ran at the default of its time, so a run started before an upgrade still resumes when the new recipe
+    leaves the key at that value."""
+    saved, new = _flatten(yaml.safe_load((out / "resolved.yaml").read_text())), _flatten(recipe.to_dict())
+    then = {**_flatten(Recipe().to_dict()), **{k: former for k, (former, _) in CHANGED_DEFAULTS.items()}}
+    old = {**{k: v for k, v in then.items() if k in new}, **saved}
+    return RecipeChange(old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:

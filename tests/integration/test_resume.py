@@ -114,3 +114,33 @@ def test_killed_run_with_small_exports_resumes_to_the_same_plan_and_model(tiny_d
     assert comparable(resumed) == comparable(reference)
     torch.testing.assert_close(final_logits(out), final_logits(tmp_path / "ref"), rtol=0, atol=0)
     assert not (out / "stage_00").exists() and (out / "stage_01").is_dir()  # the last two of three stages
+
+
+def test_a_progressive_run_saved_under_the_former_order_default_resumes_only_when_told(tiny_dir, tmp_path):
+    """scoring.order's default for progressive changed from rescore to fixed (study v2): a run saved under the old
+    default (its resolved.yaml says rescore, or has no scoring.order at all) is refused, with the override that
+    resumes it as it started, instead of continuing under the other order; other schedules resume as before."""
+    import yaml
+
+    from trimllm.rundir import prepare
+
+    out = tmp_path / "old"
+    run_tiny(tiny_dir, out, "schedule.name=none")
+    saved = yaml.safe_load((out / "resolved.yaml").read_text())
+    assert saved["scoring"]["order"] == "rescore"  # the only order a non-progressive schedule has
+    del saved["scoring"]["order"]  # a run from before the key existed
+    (out / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    base = [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN]
+    assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "schedule.name=none"]), False)
+
+    saved["schedule"]["name"] = "progressive"
+    for order in ("absent", "rescore"):  # saved before the key existed; saved under the former default
+        if order == "rescore":
+            saved["scoring"]["order"] = order
+        (out / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        progressive = load_recipe(ROOT / "recipes" / "smoke.yaml", base)
+        assert progressive.schedule.name == "progressive" and progressive.scoring.order == "fixed"
+        with pytest.raises(FileExistsError, match=r"scoring\.order: 'rescore' -> 'fixed'.*pass scoring\.order=rescore"
+                                                  r" to resume this run"):
+            prepare(out, progressive, False)
+        assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "scoring.order=rescore"]), False)

@@ -258,12 +258,12 @@ def test_length_grouping_trains_the_same_tokens_with_less_padding_and_reports_th
 
 
 def test_fixed_order_removes_in_the_order_scored_once_on_the_stage0_model(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "fixed", "scoring.order=fixed", "schedule.per_stage=1",
-                    "stop.target_fraction=0.5")
+    plan = run_tiny(tiny_dir, tmp_path / "fixed", "schedule.per_stage=1", "stop.target_fraction=0.5")  # the default
     first = plan["stages"][1]["scores"]
     order = sorted(first, key=first.get)
     assert [s["dropped"][0] for s in plan["stages"][1:]] == order[:3]
-    rescored = run_tiny(tiny_dir, tmp_path / "rescore", "schedule.per_stage=1", "stop.target_fraction=0.5")
+    rescored = run_tiny(tiny_dir, tmp_path / "rescore", "scoring.order=rescore", "schedule.per_stage=1",
+                        "stop.target_fraction=0.5")
     assert rescored["stages"][1]["dropped"] == plan["stages"][1]["dropped"]  # the same first decision
     assert len(rescored["stages"][2]["scores"]) == 5  # rescoring scores the 5 remaining blocks anew
 

@@ -133,3 +133,15 @@ def test_fixed_order_only_with_progressive():
 
     with pytest.raises(RecipeError, match="scoring.order = fixed applies to schedule progressive"):
         load_recipe(ROOT / "recipes" / "smoke.yaml", ["scoring.order=fixed", "schedule.name=trimllm"])
+
+
+def test_progressive_removes_in_a_fixed_order_unless_told_to_rescore():
+    """The study v2 default: progressive scores once; re-scoring stays available; the other schedules keep the
+    only order they have, so their saved runs resume unchanged (tests/integration/test_resume.py)."""
+    from tests.conftest import ROOT
+
+    smoke = ROOT / "recipes" / "smoke.yaml"
+    assert load_recipe(smoke).scoring.order == "fixed"  # smoke.yaml: progressive, no scoring.order
+    assert load_recipe(smoke, ["scoring.order=rescore"]).scoring.order == "rescore"
+    for schedule in ("trimllm", "oneshot", "tuned_oneshot", "none"):
+        assert load_recipe(smoke, [f"schedule.name={schedule}"]).scoring.order == "rescore"
