@@ -14,6 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trimllm.timing import (
+    fit_threads,
+    interleaved_rounds,
+    ratio_columns,
+    round_ratios,
+    rounded,
+    warning_line,
+    with_range,
+)
+
 
 def environment(model: nn.Module) -> dict:
     """Device, dtype, machine and library versions, for the line under each table."""
@@ -80,24 +90,24 @@ def prompt_ids(vocab_size: int, batch: int, length: int, device) -> torch.Tensor
 
 
 def speed(models: dict, prompt_len: int = 512, batches: tuple = (1, 8), new_tokens: int = 128, repeats: int = 5,
-          log=print) -> dict:
-    """Prefill and decode tokens/s of every model, runs alternating between models, median of ``repeats``."""
-    times: dict = {name: {f"prefill_b{b}": [] for b in batches} | {"decode_b1": []} for name in models}
-    for repeat in range(repeats + 1):  # the first round warms up (allocator, kernels) and is not counted
-        for name, model in models.items():
-            device = next(model.parameters()).device
-            vocab = model.config.vocab_size
-            for b in batches:
-                ids = prompt_ids(vocab, b, prompt_len, device)
-                seconds = median_seconds(lambda ids=ids, model=model: prefill(model, ids), 1, device)
-                if repeat:
-                    times[name][f"prefill_b{b}"].append(b * prompt_len / seconds)
-            seconds = decode(model, prompt_ids(vocab, 1, prompt_len, device), new_tokens)
-            if repeat:
-                times[name]["decode_b1"].append(new_tokens / seconds)
-        if repeat:
-            log(f"round {repeat}/{repeats} done")
-    return {name: {k: statistics.median(v) for k, v in runs.items()} for name, runs in times.items()}
+          log=print) -> tuple[dict, dict]:
+    """Prefill and decode tokens/s of every model in interleaved rounds (:func:`trimllm.timing.interleaved_rounds`:
+    a warm-up round, then 3 to ``repeats`` rounds). Returns ``({model: {figure: [per round]}}, noise)``."""
+
+    def measure(name: str, warmup: bool) -> dict[str, float]:
+        model = models[name]
+        device, vocab = next(model.parameters()).device, model.config.vocab_size
+        figures = {}
+        for b in batches:
+            ids = prompt_ids(vocab, b, prompt_len, device)
+            figures[f"prefill_b{b}"] = b * prompt_len / median_seconds(lambda ids=ids: prefill(model, ids), 1, device)
+        tokens = min(new_tokens, 8) if warmup else new_tokens  # the warm-up needs the kernels, not the length
+        figures["decode_b1"] = tokens / decode(model, prompt_ids(vocab, 1, prompt_len, device), tokens)
+        return figures
+
+    fit_threads()
+    what = f" (prefill {prompt_len} tokens at batch {', '.join(map(str, batches))}; decode {new_tokens} tokens)"
+    return interleaved_rounds(list(models), measure, repeats, "decode_b1", log, what)
 
 
 def peak_memory(spec: str, dtype: str, device: str | None, prompt_len: int, batch: int, new_tokens: int) -> int:
@@ -156,41 +166,47 @@ def compare(specs: list[str], dtype: str = "auto", device: str | None = None, pr
         if spec not in models:
             models[spec], _ = load_model(spec, dtype=dtype, device=device)
         models[spec].eval()
-    figures = speed(models, prompt_len, batches, new_tokens, repeats, log)
+    runs, noise = speed(models, prompt_len, batches, new_tokens, repeats, log)
     reference = specs[0]
-    results = {"models": {}, "setup": {"prompt_len": prompt_len, "batches": list(batches), "new_tokens": new_tokens,
-                                       "repeats": repeats, **environment(models[reference])}}
+    results = {"models": {}, "noisy": noise["noisy"], "noise": noise,
+               "setup": {"prompt_len": prompt_len, "batches": list(batches), "new_tokens": new_tokens,
+                         "repeats": repeats, "rounds": noise["rounds"], **environment(models[reference])}}
     for spec in specs:
         params = count_parameters(models[spec])
         memory = peak_memory(spec, dtype, device, prompt_len, max(batches), new_tokens)
         results["models"][spec] = {"params": params, "blocks": models[spec].config.num_hidden_layers,
-                                   "peak_memory_bytes": memory, **{k: round(v, 1) for k, v in figures[spec].items()}}
-    ref = results["models"][reference]
-    for row in results["models"].values():
-        bound = ref["params"] / row["params"]
+                                   "peak_memory_bytes": memory, **rounded(runs[spec]), "rounds": runs[spec]}
+    ref = runs[reference]
+    for spec, row in results["models"].items():
+        bound = results["models"][reference]["params"] / row["params"]
         row["bound"] = round(bound, 3)
-        row["decode_speedup"] = round(row["decode_b1"] / ref["decode_b1"], 3)
+        ratios = {key: round_ratios(values, ref[key]) for key, values in runs[spec].items()}
+        row.update(ratio_columns("decode_speedup", ratios["decode_b1"]))
         for b in batches:
-            row[f"prefill_b{b}_speedup"] = round(row[f"prefill_b{b}"] / ref[f"prefill_b{b}"], 3)
+            row.update(ratio_columns(f"prefill_b{b}_speedup", ratios[f"prefill_b{b}"]))
         row["prefill_speedup"] = row[f"prefill_b{max(batches)}_speedup"]
-        row["memory_ratio"] = round(row["peak_memory_bytes"] / ref["peak_memory_bytes"], 3)
+        row["memory_ratio"] = round(row["peak_memory_bytes"] / results["models"][reference]["peak_memory_bytes"], 3)
         row["decode_vs_bound"] = round(row["decode_speedup"] / bound, 3)
         row["prefill_vs_bound"] = round(min(row[f"prefill_b{b}_speedup"] for b in batches) / bound, 3)
     return results
 
 
 def table(results: dict) -> str:
-    """Markdown table of :func:`compare`'s figures."""
+    """Markdown table of :func:`compare`'s figures: medians with the range of the rounds, and the warning line
+    above it when the timing was noisy."""
     batches = results["setup"]["batches"]
     head = ["model", "blocks", "params", *[f"prefill b{b} tok/s" for b in batches], "decode b1 tok/s",
             "peak MiB", "bound", *[f"prefill b{b} speedup" for b in batches], "decode speedup", "memory ratio",
             "speedup / bound (prefill, decode)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    warning = warning_line(results.get("noise", {}))
+    lines = ([warning, ""] if warning else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["models"].items():
         # a checkpoint is named by its folder, not by the machine's path
-        cells = [f"`{Path(name).name}`", r["blocks"], f"{r['params'] / 1e6:.1f}M", *[r[f"prefill_b{b}"] for b in batches],
-                 r["decode_b1"], f"{r['peak_memory_bytes'] / 2**20:.0f}", f"{r['bound']}x",
-                 *[f"{r[f'prefill_b{b}_speedup']}x" for b in batches], f"{r['decode_speedup']}x", r["memory_ratio"],
+        cells = [f"`{Path(name).name}`", r["blocks"], f"{r['params'] / 1e6:.1f}M",
+                 *[with_range(r, f"prefill_b{b}") for b in batches], with_range(r, "decode_b1"),
+                 f"{r['peak_memory_bytes'] / 2**20:.0f}", f"{r['bound']}x",
+                 *[with_range(r, f"prefill_b{b}_speedup", 3, "x") for b in batches],
+                 with_range(r, "decode_speedup", 3, "x"), r["memory_ratio"],
                  f"{r['prefill_vs_bound']}, {r['decode_vs_bound']}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

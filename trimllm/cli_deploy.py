@@ -33,7 +33,7 @@ def bench(
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens of the prefill and decode runs.")] = 512,
     batches: Annotated[str, typer.Option(help="Comma-separated prefill batch sizes (transformers).")] = "1,8",
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Greedy tokens decoded (batch 1, KV cache).")] = 128,
-    repeats: Annotated[int, typer.Option(help="Timed rounds, alternating between the models; the median is reported.")] = 5,
+    repeats: Annotated[int, typer.Option(help="At most this many timed rounds after a warm-up, alternating between the models (stops after 3 once every decode figure is within 5 %); the median and range are reported.")] = 5,
     out: Annotated[Path | None, typer.Option("--out", help="Write the figures to this JSON file.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA when available; transformers).")] = None,
     runtime: Annotated[str, typer.Option(help="transformers, or llamacpp: each model as GGUF in llama.cpp, at every --quants.")] = "transformers",

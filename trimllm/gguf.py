@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from trimllm.outputs import OutputError
+from trimllm.timing import allowed_cores
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def quantize(source: Path, out: Path, quant: str) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTS[quant]
-    params.nthread = os.cpu_count() or 1
+    params.nthread = allowed_cores()  # the cores this process may use, not the machine's
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
     if code != 0 or not out.is_file():
         raise ConversionError(f"llama.cpp's quantizer failed ({quant}, code {code}) on {source}")

@@ -5,27 +5,32 @@ an error."""
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 from lm_eval.api.model import LM
 
+from trimllm.llamacpp_check import build_features
 from trimllm.modeling import ModelLoadError
+from trimllm.timing import (
+    allowed_cores,
+    interleaved_rounds,
+    ratio_columns,
+    round_ratios,
+    rounded,
+    warning_line,
+    with_range,
+)
 
 EVAL_CONTEXT = 2048  # tokens of the scoring context (trimllm's tasks: a few hundred at most)
 
 
-def threads() -> int:
-    """llama.cpp's CPU threads: every core this process may use (what llama.cpp's tools default to)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def open_gguf(path: str | Path, n_ctx: int = EVAL_CONTEXT, logits_all: bool = False):
-    """A ``llama_cpp.Llama`` on ``path`` (CPU, quiet); :class:`ModelLoadError` when llama.cpp cannot load it."""
+    """A ``llama_cpp.Llama`` on ``path`` (CPU, quiet); :class:`ModelLoadError` when llama.cpp cannot load it,
+    :class:`~trimllm.llamacpp_check.LlamaCppCrash` when the installed build crashes on its tensor types here."""
     from trimllm.gguf import check_tooling
+    from trimllm.llamacpp_check import ensure_runnable
 
     check_tooling()
     from llama_cpp import Llama
@@ -34,8 +39,9 @@ def open_gguf(path: str | Path, n_ctx: int = EVAL_CONTEXT, logits_all: bool = Fa
     if path.suffix != ".gguf" or not path.is_file():
         raise ModelLoadError(f"{path} is not a .gguf file; the llama.cpp runtime takes a GGUF (`trimllm export "
                              "MODEL --gguf FILE.gguf` writes one)")
+    ensure_runnable(path)  # once per process and tensor-type set: a native crash becomes one message, not a segfault
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads(),
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=allowed_cores(),
                      logits_all=logits_all, verbose=False)
     except ValueError as err:
         raise ModelLoadError(f"llama.cpp could not load {path}: {err}") from None
@@ -158,22 +164,22 @@ def bench_prompt(n_vocab: int, length: int) -> list[int]:
     return np.random.default_rng(length).integers(10, n_vocab - 10, size=length).tolist()
 
 
-def speed(paths: list[str], prompt_len: int, new_tokens: int, repeats: int, log=print) -> dict:
-    """Prefill and decode tokens/s of every GGUF, alternating between them each round, median of ``repeats``
-    (a first round warms up and is not counted)."""
+def speed(paths: list[str], prompt_len: int, new_tokens: int, repeats: int, log=print) -> tuple[dict, dict]:
+    """Prefill and decode tokens/s of every GGUF in interleaved rounds (:func:`trimllm.timing.interleaved_rounds`:
+    a warm-up round, then 3 to ``repeats``). Returns ``({path: {figure: [per round]}}, noise)``."""
     models = {p: open_gguf(p, n_ctx=prompt_len + new_tokens + 8) for p in paths}
-    times = {p: {"prefill": [], "decode": []} for p in paths}
-    for repeat in range(repeats + 1):
-        for path, llm in models.items():
-            prefill, decode = timed_run(llm, bench_prompt(llm.n_vocab(), prompt_len), new_tokens)
-            if repeat:
-                times[path]["prefill"].append(prompt_len / prefill)
-                times[path]["decode"].append(new_tokens / decode)
-        if repeat:
-            log(f"round {repeat}/{repeats} done")
+
+    def measure(path: str, warmup: bool) -> dict[str, float]:
+        llm = models[path]
+        tokens = min(new_tokens, 8) if warmup else new_tokens
+        prefill, decode = timed_run(llm, bench_prompt(llm.n_vocab(), prompt_len), tokens)
+        return {"prefill_tok_s": prompt_len / prefill, "decode_tok_s": tokens / decode}
+
+    what = f" (prefill {prompt_len} tokens, decode {new_tokens})"
+    runs, noise = interleaved_rounds(list(models), measure, repeats, "decode_tok_s", log, what)
     for llm in models.values():
         llm.close()
-    return {p: {k: statistics.median(v) for k, v in t.items()} for p, t in times.items()}
+    return runs, noise
 
 
 def peak_memory(path: str, prompt_len: int, new_tokens: int) -> int:
@@ -204,34 +210,51 @@ def compare(variants: dict[str, Path], prompt_len: int = 512, new_tokens: int = 
     ``params_reference / params_variant``."""
     import llama_cpp
 
-    figures = speed([str(p) for p in variants.values()], prompt_len, new_tokens, repeats, log)
-    results = {"models": {}, "setup": {"runtime": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
-                                       "threads": threads(), "prompt_len": prompt_len, "new_tokens": new_tokens,
-                                       "repeats": repeats}}
+    runs, noise = speed([str(p) for p in variants.values()], prompt_len, new_tokens, repeats, log)
+    results = {"models": {}, "noisy": noise["noisy"], "noise": noise,
+               "setup": {"runtime": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
+                         "build": build_flags(), "threads": allowed_cores(), "prompt_len": prompt_len,
+                         "new_tokens": new_tokens, "repeats": repeats, "rounds": noise["rounds"]}}
     for label, path in variants.items():
-        speeds = figures[str(path)]
         results["models"][label] = {
             "file": Path(path).name, "file_bytes": Path(path).stat().st_size, "params": gguf_params(path),
-            "peak_memory_bytes": peak_memory(str(path), prompt_len, new_tokens),
-            "prefill_tok_s": round(speeds["prefill"], 1), "decode_tok_s": round(speeds["decode"], 1)}
-    ref = next(iter(results["models"].values()))
-    for row in results["models"].values():
+            "peak_memory_bytes": peak_memory(str(path), prompt_len, new_tokens), **rounded(runs[str(path)]),
+            "rounds": runs[str(path)]}
+    ref_label = next(iter(variants))
+    ref, ref_runs = results["models"][ref_label], runs[str(variants[ref_label])]
+    for label, row in results["models"].items():
+        own = runs[str(variants[label])]
         row["bound"] = round(ref["params"] / row["params"], 3)
-        row["prefill_speedup"] = round(row["prefill_tok_s"] / ref["prefill_tok_s"], 3)
-        row["decode_speedup"] = round(row["decode_tok_s"] / ref["decode_tok_s"], 3)
+        row.update(ratio_columns("prefill_speedup", round_ratios(own["prefill_tok_s"], ref_runs["prefill_tok_s"])))
+        row.update(ratio_columns("decode_speedup", round_ratios(own["decode_tok_s"], ref_runs["decode_tok_s"])))
         row["decode_vs_bound"] = round(row["decode_speedup"] / row["bound"], 3)
         row["size_ratio"] = round(row["file_bytes"] / ref["file_bytes"], 3)
     return results
 
 
+def build_flags() -> str:
+    """How the installed binding was built (``make setup``'s stamp), or its CPU features where there is none."""
+    import llama_cpp
+
+    from trimllm.gguf import tooling_dir
+
+    stamp = tooling_dir().parent / "llama-cpp-build"
+    if stamp.is_file():
+        return stamp.read_text().strip()
+    return "CPU features: " + ", ".join(build_features(llama_cpp.llama_print_system_info().decode()))
+
+
 def table(results: dict) -> str:
-    """Markdown table of :func:`compare`'s figures."""
+    """Markdown table of :func:`compare`'s figures: medians with the range of the rounds, and the warning line
+    above it when the timing was noisy."""
     head = ["variant", "params", "file MiB", "peak MiB", "prefill tok/s", "decode tok/s", "bound",
             "prefill speedup", "decode speedup", "decode / bound", "size ratio"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    warning = warning_line(results.get("noise", {}))
+    lines = ([warning, ""] if warning else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in results["models"].items():
         cells = [f"`{label}`", f"{r['params'] / 1e6:.1f}M", f"{r['file_bytes'] / 2**20:.0f}",
-                 f"{r['peak_memory_bytes'] / 2**20:.0f}", r["prefill_tok_s"], r["decode_tok_s"], f"{r['bound']}x",
-                 f"{r['prefill_speedup']}x", f"{r['decode_speedup']}x", r["decode_vs_bound"], r["size_ratio"]]
+                 f"{r['peak_memory_bytes'] / 2**20:.0f}", with_range(r, "prefill_tok_s"), with_range(r, "decode_tok_s"),
+                 f"{r['bound']}x", with_range(r, "prefill_speedup", 3, "x"), with_range(r, "decode_speedup", 3, "x"),
+                 r["decode_vs_bound"], r["size_ratio"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
