@@ -24,6 +24,7 @@ from trimllm.evaluation import evaluate
 from trimllm.gguf import cached_gguf, model_folder
 from trimllm.llamacpp import LlamaCppLM, compare
 from trimllm.prompts import PREFIX
+from trimllm.timing import with_range
 
 
 def variants(args) -> dict[str, Path]:
@@ -76,7 +77,8 @@ def markdown(figures: dict) -> str:
     lines = [
         f"Task `{figures['task']}`, whole test side unless stated (n below); original `{figures['original']}`. "
         f"{setup['runtime']}, {setup['threads']} threads, prompt {setup['prompt_len']} tokens, {setup['new_tokens']} "
-        f"decoded, median of {setup['repeats']} alternating rounds, {figures.get('date', '')}, {platform.machine()} CPU. "
+        f"decoded, median{' (min–max)' if 'rounds' in setup else ''} of {setup.get('rounds', setup['repeats'])} alternating "
+        f"rounds, {figures.get('date', '')}, {platform.machine()} CPU. "
         f"{figures.get('timing_note', '')}",
         "",
         "| variant | file MiB | peak MiB | params | prefill tok/s | decode tok/s | decode speedup | bound | acc | ± | n | p vs original q4_k_m |",
@@ -87,7 +89,8 @@ def markdown(figures: dict) -> str:
         p = s.get("mcnemar_vs_original_q4", {}).get(label)
         p = "" if p is None else f"{p:.3g}"
         cells = [f"`{label}`", f"{r['file_bytes'] / 2**20:.0f}", f"{r['peak_memory_bytes'] / 2**20:.0f}",
-                 f"{r['params'] / 1e6:.1f}M", r["prefill_tok_s"], r["decode_tok_s"], f"{r['decode_speedup']}x",
+                 f"{r['params'] / 1e6:.1f}M", with_range(r, "prefill_tok_s"), with_range(r, "decode_tok_s"),
+                 with_range(r, "decode_speedup", 3, "x"),
                  f"{r['bound']}x", f"{a['acc']:.3f}" if a else "", f"{a['acc_stderr']:.3f}" if a else "",
                  a.get("n_test", ""), p]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

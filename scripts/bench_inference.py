@@ -73,13 +73,25 @@ def main() -> None:
     publish(results, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(results))
 
 
+def timing_line(results: dict) -> str:
+    """How far the timing can be trusted (:mod:`trimllm.timing`): what the load meter saw, or the warning."""
+    noise = results.get("noise")
+    if noise is None:
+        return ""
+    if noise["noisy"]:
+        return "Timing NOISY: " + "; ".join(noise["reasons"]) + "."
+    return (f"Timing quiet: other processes used {noise['other_load']} of {noise['cores']} cores while timing; "
+            f"medians within {max(noise['shortfalls'].values()):.0%} of the best round.")
+
+
 def markdown(results: dict) -> str:
     s = results["setup"]
     lines = [
         f"Command: `{s['command']}` ({environment_line(s)}). Figures in `{s.get('figures', 'benchmarks/inference.json')}`.",
         "",
         f"Prefill: {s['prompt_len']}-token prompts, batch {' and '.join(map(str, s['batches']))}; decode: "
-        f"{s['new_tokens']} greedy tokens at batch 1 with the KV cache; median of {s['repeats']} alternating rounds. "
+        f"{s['new_tokens']} greedy tokens at batch 1 with the KV cache; median (min–max) of {s.get('rounds', s['repeats'])} "
+        f"alternating rounds, speedups the median (min–max) of the per-round ratios. {timing_line(results)} "
         "Bound = params_original / params_trimmed (the speedup if time were proportional to the weights read). "
         "Peak memory: CUDA max allocated, or on CPU the peak resident set minus the resident set before loading, "
         "each model in a fresh process.",
@@ -102,7 +114,12 @@ def markdown(results: dict) -> str:
     if missed_memory:
         lines.append("Peak memory is weights + KV cache + the largest transient activation (one block's attention "
                      "and MLP at batch 8 x 512 tokens); that last part does not shrink when blocks are removed, so "
-                     "the memory ratio sits above the parameter ratio, the more so the fewer blocks are removed.")
+                     "the memory ratio sits above the parameter ratio, the more so the fewer blocks are removed. "
+                     "The peak resident set also varies from run to run by about 5 % (the 25 % model: 948 and 1005 "
+                     "MiB in two quiet runs on 2026-12-06; the 50 % model: 731 MiB on 2026-11-23, 901 now), so a "
+                     "memory target within a few points of the parameter ratio is met or missed by that noise.")
+    lines.append("Absolute tokens/s depend on the day's VM (2026-11-23: 26.3 decode tokens/s for the original; "
+                 "2026-12-06: 15.2, another VM of the same kind); the ratios, timed side by side, are what compares.")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -106,8 +107,8 @@ def summarize(raw: dict, names: list[str]) -> dict:
     return out
 
 
-def fmt(s: dict) -> str:
-    return f"{s['median']} ({s['min']}–{s['max']})"
+def fmt(s: dict, digits: int = 1) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
 
 def markdown(figures: dict) -> str:
@@ -127,10 +128,26 @@ def markdown(figures: dict) -> str:
             cells += [f"crashed ({row[n]['crashed']})"] * 2 if "crashed" in row[n] else \
                 [fmt(row[n]["prefill"]), fmt(row[n]["decode"])]
         for n in names[1:]:
-            cells += [fmt(row[n]["ratio"][k]) if "ratio" in row[n] else "—" for k in ("prefill", "decode")]
+            cells += [fmt(row[n]["ratio"][k], 3) if "ratio" in row[n] else "—" for k in ("prefill", "decode")]
         lines.append("| " + " | ".join(cells) + " |")
+    for n in names[1:]:
+        rows = [r[n]["ratio"] for r in figures["summary"].values() if "ratio" in r[n]]
+        crashed = [label for label, r in figures["summary"].items() if "crashed" in r[n] or "crashed" in r[ref]]
+        if rows:
+            span = {k: (min(r[k]["median"] for r in rows), max(r[k]["median"] for r in rows)) for k in ("prefill", "decode")}
+            lines += ["", f"`{n}` / `{ref}`, medians over the variants: decode {span['decode'][0]:.2f}–"
+                          f"{span['decode'][1]:.2f}, prefill {span['prefill'][0]:.2f}–{span['prefill'][1]:.2f}"
+                          + (f"; crashed: {', '.join(crashed)}" if crashed else "") + "."]
     lines += ["", f"Command: `{figures['command']}`"]
     return "\n".join(lines)
+
+
+def command(args) -> str:
+    """The command line that reproduces the run (each --build / --flags repeated, quoted)."""
+    repeated = " ".join(f"--{key} {shlex.quote(value)}" for key in ("build", "flags") for value in getattr(args, key))
+    rest = command_line("bench_llamacpp_build.py", args, skip=("out", "render_only", "section", "model", "device",
+                                                                "timing_note", "build", "flags"))
+    return f"{rest} {repeated}"
 
 
 def main() -> None:
@@ -146,8 +163,8 @@ def main() -> None:
     options.add_argument("--timing-note", default="Timed on a quiet machine.")
     args = options.parse_args()
     if args.render_only:
-        publish(json.loads(args.out.read_text()), args.out, ROOT / "BENCHMARKS.md", args.section,
-                markdown(json.loads(args.out.read_text())))
+        figures = json.loads(args.out.read_text())
+        publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
         return
     builds = dict(b.split("=", 1) for b in args.build) or {"installed": ""}
     variants = {f"{Path(m).name} {q}": cached_gguf(model_folder(m), q)
@@ -156,8 +173,7 @@ def main() -> None:
     figures.update(date=str(datetime.date.today()), threads=allowed_cores(), prompt_len=args.prompt_len,
                    new_tokens=args.new_tokens, rounds=args.rounds, timing_note=args.timing_note,
                    flags=dict(f.split("=", 1) for f in args.flags),
-                   command=command_line("bench_llamacpp_build.py", args, skip=("out", "render_only", "section",
-                                                                               "model", "device", "timing_note")))
+                   command=command(args))
     write_json(args.out, figures)
     publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures))
 

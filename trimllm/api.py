@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from trimllm.config import Recipe, load_recipe
@@ -20,15 +21,28 @@ def train(recipe: str | Path | Recipe | None = None, *, overwrite: bool = False,
             command line does, and are validated the same way.
 
     Raises:
+        TypeError: ``recipe`` is not a path, a Recipe or None; ``overwrite`` is not a bool.
         trimllm.config.RecipeError: the recipe, with the overrides, has problems (all listed).
     """
     from trimllm.pipeline import run
 
+    _check_types(recipe, overwrite)
     base = _dotted(recipe.to_dict()) if isinstance(recipe, Recipe) else {}
-    values = {**base, **_dotted(overrides)}
-    # JSON is YAML: each value reads back as the same Python value through the recipe's override parser.
-    pairs = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    values = {key: os.fspath(v) if isinstance(v, os.PathLike) else v for key, v in {**base, **_dotted(overrides)}.items()}
+    # JSON is YAML: each value reads back as the same Python value through the recipe's override parser. Unicode is
+    # written as itself: an escaped emoji (a surrogate pair) would read back from YAML as two lone surrogates.
+    pairs = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in values.items()]
     return run(load_recipe(None if isinstance(recipe, Recipe) else recipe, pairs), overwrite=overwrite)
+
+
+def _check_types(recipe, overwrite) -> None:
+    # `overwrite="no"` is truthy: it would delete a finished run. The API says what it takes instead.
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"trimllm.train(overwrite=...) takes True or False, got {type(overwrite).__name__} "
+                        f"{overwrite!r}")
+    if recipe is not None and not isinstance(recipe, (str, os.PathLike, Recipe)):
+        raise TypeError(f"trimllm.train(recipe) takes a recipe YAML path (str or os.PathLike), a "
+                        f"trimllm.config.Recipe or None (the defaults), got {type(recipe).__name__} {recipe!r}")
 
 
 def _dotted(values: dict, prefix: str = "") -> dict:

@@ -4,9 +4,56 @@ Every file trimllm writes into a run or export folder goes through here."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+# A temporary sibling keeps at most this much of its target's name: a legal 245-character name plus ".tmp-PID-XXXX"
+# would pass the 255-byte limit of a file name.
+NAME_KEPT = 180
+
+
+def temp_prefix(path: Path, kind: str = "tmp") -> str:
+    """``.NAME.tmp-PID-``: a temporary sibling's name, recognisably trimllm's and its owner's (see
+    :func:`remove_stale_siblings`)."""
+    return f".{Path(path).name[:NAME_KEPT]}.{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_siblings(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` that a trimllm process killed mid-write left (``.NAME.tmp-PID-…``
+    whose PID no longer runs: SIGKILL leaves hundreds of MB of a half-written export); only ours, only dead ones."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name[:NAME_KEPT])}\.(tmp|old)-(\d+)(-.*)?")
+    removed = []
+    for sibling in path.parent.iterdir() if path.parent.is_dir() else []:
+        match = pattern.fullmatch(sibling.name)
+        if match and int(match.group(2)) != os.getpid() and not _alive(int(match.group(2))):
+            shutil.rmtree(sibling, ignore_errors=True) if sibling.is_dir() else sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    return removed
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process (llama.cpp's converter): the kernel kills it when trimllm dies (Linux's
+    PR_SET_PDEATHSIG), instead of leaving it orphaned, writing into a folder nobody will rename."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except OSError:  # not Linux: the child may outlive its parent there
+        pass
 
 
 def atomic_directory(out_dir: Path, write) -> None:
@@ -16,12 +63,13 @@ def atomic_directory(out_dir: Path, write) -> None:
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_siblings(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), dir=out_dir.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the folder it becomes gets the user's usual permissions
     try:
         write(tmp)
         if out_dir.exists():
-            trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            trash = out_dir.with_name(temp_prefix(out_dir, "old") + "0")
             out_dir.rename(trash)
             tmp.rename(out_dir)
             shutil.rmtree(trash)
@@ -41,6 +89,6 @@ def _umask() -> int:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file via a temporary sibling and an atomic rename: readers never see half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temp_prefix(path) + "0")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -17,6 +17,7 @@ from torch import nn
 from trimllm.timing import (
     fit_threads,
     interleaved_rounds,
+    load_now,
     ratio_columns,
     round_ratios,
     rounded,
@@ -105,9 +106,15 @@ def speed(models: dict, prompt_len: int = 512, batches: tuple = (1, 8), new_toke
         figures["decode_b1"] = tokens / decode(model, prompt_ids(vocab, 1, prompt_len, device), tokens)
         return figures
 
-    fit_threads()
+    before, previous = load_now(), torch.get_num_threads()
+    threads = fit_threads(before)  # the cores free now: on a shared machine, fewer threads beat a collapse
     what = f" (prefill {prompt_len} tokens at batch {', '.join(map(str, batches))}; decode {new_tokens} tokens)"
-    return interleaved_rounds(list(models), measure, repeats, "decode_b1", log, what)
+    try:
+        runs, noise = interleaved_rounds(list(models), measure, repeats, "decode_b1", log, what, load_before=before)
+    finally:
+        torch.set_num_threads(previous)  # the caller's process keeps its own setting
+    noise["threads"] = threads
+    return runs, noise
 
 
 def peak_memory(spec: str, dtype: str, device: str | None, prompt_len: int, batch: int, new_tokens: int) -> int:
@@ -170,7 +177,8 @@ def compare(specs: list[str], dtype: str = "auto", device: str | None = None, pr
     reference = specs[0]
     results = {"models": {}, "noisy": noise["noisy"], "noise": noise,
                "setup": {"prompt_len": prompt_len, "batches": list(batches), "new_tokens": new_tokens,
-                         "repeats": repeats, "rounds": noise["rounds"], **environment(models[reference])}}
+                         "repeats": repeats, "rounds": noise["rounds"], **environment(models[reference]),
+                         "machine": f"{platform.machine()}, {noise['threads']} threads"}}
     for spec in specs:
         params = count_parameters(models[spec])
         memory = peak_memory(spec, dtype, device, prompt_len, max(batches), new_tokens)

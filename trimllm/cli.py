@@ -6,6 +6,7 @@ Each subcommand is a thin wrapper over one library function, so everything the C
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -125,6 +126,10 @@ def eval_command(
         return
     if model is None:
         raise typer.BadParameter("pass a MODEL to evaluate (or --list)", param_hint="MODEL")
+    if include_path is not None and not include_path.is_dir():
+        raise typer.BadParameter(f"{include_path} is {'a file' if include_path.exists() else 'not there'}; "
+                                 "--include-path is a folder of lm-eval task YAMLs (e.g. a run's tasks/)",
+                                 param_hint="--include-path")
     try:
         names = resolve_tasks([t for t in tasks.split(",") if t], include_path)
     except ValueError as err:
@@ -132,7 +137,7 @@ def eval_command(
     if log_samples and out is None:
         raise typer.BadParameter("--log-samples needs --out", param_hint="--log-samples")
     _check_sizes([("--batch-size", batch_size, 1), ("--num-fewshot", num_fewshot, 0)])
-    if limit is not None and not limit > 0:
+    if limit is not None and not (limit > 0 and math.isfinite(limit)):
         raise typer.BadParameter(f"--limit must be > 0 (documents per task, or a share if < 1), got {limit}",
                                  param_hint="--limit")
     if out is not None:
@@ -310,11 +315,34 @@ def main() -> None:
 
     try:
         app()
+    except (SystemExit, KeyboardInterrupt):
+        # Every command ends in SystemExit (typer's standalone mode): re-raised here before the clause below is
+        # evaluated, which imports the modules whose errors it names (the Trainer among them: 3 s at every exit).
+        raise
     except user_errors() as err:  # a mistake in what was given: one message, no traceback
         if os.environ.get("TRIMLLM_DEBUG"):
             raise
         typer.echo(f"Error: {err}\n(set TRIMLLM_DEBUG=1 to see the traceback)", err=True)
         raise SystemExit(2) from None
+    except OSError as err:
+        message = disk_message(err)
+        if message is None or os.environ.get("TRIMLLM_DEBUG"):
+            raise
+        typer.echo(f"Error: {message}", err=True)
+        raise SystemExit(2) from None
+
+
+def disk_message(err: OSError) -> str | None:
+    """One line for the disk errors a user can act on (a full disk, a name too long), else None."""
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (f"no space left on the disk{where}: free some space (or choose an output on another disk) and rerun; "
+                "a run resumes from its last completed stage")
+    if err.errno == errno.ENAMETOOLONG:
+        return f"a file name is too long for this file system{where}: choose a shorter output name"
+    return None
 
 
 # The deployment commands (`export`, `bench`) live in their own module; importing it registers them on `app`.

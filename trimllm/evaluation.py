@@ -60,17 +60,39 @@ def _quiet_notices() -> None:
 def include_tasks(include_path: str | Path | None) -> set[str]:
     """Names of the tasks whose YAMLs are in ``include_path`` (e.g. a run's ``tasks/``, where trimllm writes the
     user data set's task)."""
+    return set(include_configs(include_path))
+
+
+def include_configs(include_path: str | Path | None) -> dict[str, tuple[Path, dict]]:
+    """``{task: (YAML, config)}`` of ``include_path``, read as lm-eval reads them (``!function`` tags unresolved).
+
+    Raises:
+        ValueError: a YAML there does not parse (lm-eval would fail on it after the model loads).
+    """
     if include_path is None or not Path(include_path).is_dir():
-        return set()
-    names = set()
-    for path in Path(include_path).glob("*.yaml"):
+        return {}
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    found = {}
+    for path in sorted(Path(include_path).glob("*.yaml")):
         try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:  # lm-eval's own tags (!function): not a task trimllm wrote
-            continue
+            config = load_yaml(path, resolve_func=False)
+        except Exception as err:  # noqa: BLE001 (yaml and lm-eval raise several types; the file is what matters)
+            detail = str(err).strip().splitlines()
+            raise ValueError(f"--include-path: {path} is not a valid task YAML ({type(err).__name__}: "
+                             f"{' '.join(detail[:3])}); fix or remove it") from None
         if isinstance(config, dict) and isinstance(config.get("task"), str):
-            names.add(config["task"])
-    return names
+            found[config["task"]] = (path, config)
+    return found
+
+
+def missing_data_files(config: dict) -> list[str]:
+    """The local ``dataset_kwargs.data_files`` of a task config that do not exist (e.g. a run folder moved since
+    trimllm wrote its task with an absolute path)."""
+    files = (config.get("dataset_kwargs") or {}).get("data_files") or []
+    values = files.values() if isinstance(files, dict) else [files] if isinstance(files, str) else files
+    flat = [v for value in values for v in ([value] if isinstance(value, str) else value)]
+    return [f for f in flat if "://" not in f and not Path(f).exists()]
 
 
 def resolve_tasks(names: list[str], include_path: str | Path | None = None) -> list[str]:
@@ -81,7 +103,8 @@ def resolve_tasks(names: list[str], include_path: str | Path | None = None) -> l
         ValueError: a name matches no task or group; the message suggests the closest one.
     """
     groups = task_groups()
-    known = set(groups) | {task for tasks in groups.values() for task in tasks} | include_tasks(include_path)
+    included = include_configs(include_path)
+    known = set(groups) | {task for tasks in groups.values() for task in tasks} | set(included)
     resolved = []
     for name in names:
         for candidate in (name, PREFIX + name):
@@ -94,6 +117,12 @@ def resolve_tasks(names: list[str], include_path: str | Path | None = None) -> l
                 f"Unknown task or group {name!r}.{did_you_mean(name.removeprefix(PREFIX), short)} "
                 f"See `trimllm eval --list`."
             )
+    for name in resolved:
+        missing = missing_data_files(included[name][1]) if name in included else []
+        if missing:
+            raise ValueError(f"task {name!r} ({included[name][0]}) reads {missing[0]}, which does not exist (was the "
+                             "run folder moved? trimllm writes the task's data path in full): point its "
+                             "dataset_kwargs.data_files at the file, or rerun the run's `trimllm train` command")
     return resolved
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from trimllm.architectures import get_arch, get_submodule
-from trimllm.atomic import atomic_directory
+from trimllm.atomic import atomic_directory, temp_prefix
 from trimllm.plan import PLAN_FILE, Plan, count_parameters
 from trimllm.surgery import SkippedAttention, SkippedMLP, get_plan, unwrap
 
@@ -183,7 +183,7 @@ def cast_export(folder: Path, dtype: str) -> None:
     target = getattr(torch, dtype)
     for path in sorted(Path(folder).glob("*.safetensors")):
         tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in load_file(path).items()}
-        tmp = path.with_name(f".{path.name}.tmp-cast")
+        tmp = path.with_name(temp_prefix(path) + "cast")
         save_file(tensors, tmp, metadata={"format": "pt"})
         tmp.replace(path)
     config_path = Path(folder) / "config.json"

@@ -106,6 +106,9 @@ def user_task(cfg, records: list[dict]):
     """lm-eval's task object for the user's templates, over ``records`` (held in memory)."""
     import datasets
 
+    from trimllm.templates import check_templates
+
+    check_templates(cfg)  # no template reaches lm-eval's (unsandboxed) renderer before it is checked
     rows = [content(r) for r in records]
     dataset = datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
     return task_object({**lm_eval_config(cfg), "custom_dataset": lambda **_: dataset})
@@ -150,7 +153,9 @@ def write_task(cfg, folder: Path) -> Path:
     ``<name>_test.jsonl`` (an absolute path in the YAML: lm-eval reads relative ``data_files`` from the working
     directory). ``lm_eval --include_path folder --tasks <name>`` then evaluates it as ``trimllm eval`` does."""
     from trimllm.atomic import write_text_atomic
+    from trimllm.templates import check_templates
 
+    check_templates(cfg)  # lm_eval --include_path renders what is written here, outside trimllm
     name = task_name(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     test = (folder / f"{name}_test.jsonl").resolve()

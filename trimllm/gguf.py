@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trimllm.atomic import die_with_parent, remove_stale_siblings, temp_prefix
 from trimllm.outputs import OutputError
 from trimllm.timing import allowed_cores
 
@@ -95,6 +96,8 @@ def check_target(out: Path, quant: str, overwrite: bool) -> None:
         raise OutputError(f"--gguf is the .gguf file to write, got {out}")
     if out.is_dir():
         raise OutputError(f"{out} is a folder; --gguf names the .gguf file to write")
+    if out.is_symlink():  # os.replace would replace the link, not the file it points to
+        raise OutputError(f"{out} is a symbolic link (to {os.readlink(out)}); give the real path, or a new one")
     existing = next(p for p in [out.parent, *out.parent.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{out} cannot be written: no writable folder at {existing}")
@@ -113,7 +116,8 @@ def export_gguf(spec: str | Path, out: str | Path, quant: str = "f16", overwrite
     version = check_tooling()
     folder = model_folder(spec)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
+    remove_stale_siblings(out)  # a killed export's half-written GGUFs (only trimllm's, only of dead processes)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(out), dir=out.parent) as tmp:
         converted = Path(tmp) / "converted.gguf"
         convert(folder, converted)
         marked = Path(tmp) / "f16.gguf"
@@ -132,7 +136,7 @@ def convert(folder: Path, out: Path) -> None:
     """llama.cpp's ``convert_hf_to_gguf.py`` on ``folder`` at f16, in its own process."""
     script = tooling_dir() / "convert_hf_to_gguf.py"
     command = [sys.executable, str(script), str(folder), "--outfile", str(out), "--outtype", "f16"]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=die_with_parent)
     if done.returncode != 0 or not out.is_file():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise ConversionError(f"llama.cpp's converter failed on {folder} (exit {done.returncode}):\n{tail}")

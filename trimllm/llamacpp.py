@@ -15,7 +15,9 @@ from trimllm.llamacpp_check import build_features
 from trimllm.modeling import ModelLoadError
 from trimllm.timing import (
     allowed_cores,
+    free_cores,
     interleaved_rounds,
+    load_now,
     ratio_columns,
     round_ratios,
     rounded,
@@ -26,7 +28,7 @@ from trimllm.timing import (
 EVAL_CONTEXT = 2048  # tokens of the scoring context (trimllm's tasks: a few hundred at most)
 
 
-def open_gguf(path: str | Path, n_ctx: int = EVAL_CONTEXT, logits_all: bool = False):
+def open_gguf(path: str | Path, n_ctx: int = EVAL_CONTEXT, logits_all: bool = False, n_threads: int | None = None):
     """A ``llama_cpp.Llama`` on ``path`` (CPU, quiet); :class:`ModelLoadError` when llama.cpp cannot load it,
     :class:`~trimllm.llamacpp_check.LlamaCppCrash` when the installed build crashes on its tensor types here."""
     from trimllm.gguf import check_tooling
@@ -36,12 +38,14 @@ def open_gguf(path: str | Path, n_ctx: int = EVAL_CONTEXT, logits_all: bool = Fa
     from llama_cpp import Llama
 
     path = Path(path).expanduser()
+    if path.suffix == ".gguf" and not path.exists():
+        raise ModelLoadError(f"GGUF file {path} does not exist")
     if path.suffix != ".gguf" or not path.is_file():
         raise ModelLoadError(f"{path} is not a .gguf file; the llama.cpp runtime takes a GGUF (`trimllm export "
                              "MODEL --gguf FILE.gguf` writes one)")
     ensure_runnable(path)  # once per process and tensor-type set: a native crash becomes one message, not a segfault
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=allowed_cores(),
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=n_threads or allowed_cores(),
                      logits_all=logits_all, verbose=False)
     except ValueError as err:
         raise ModelLoadError(f"llama.cpp could not load {path}: {err}") from None
@@ -167,7 +171,9 @@ def bench_prompt(n_vocab: int, length: int) -> list[int]:
 def speed(paths: list[str], prompt_len: int, new_tokens: int, repeats: int, log=print) -> tuple[dict, dict]:
     """Prefill and decode tokens/s of every GGUF in interleaved rounds (:func:`trimllm.timing.interleaved_rounds`:
     a warm-up round, then 3 to ``repeats``). Returns ``({path: {figure: [per round]}}, noise)``."""
-    models = {p: open_gguf(p, n_ctx=prompt_len + new_tokens + 8) for p in paths}
+    before = load_now()
+    threads = free_cores(before)  # the cores free now: on a shared machine, fewer threads beat a collapse
+    models = {p: open_gguf(p, n_ctx=prompt_len + new_tokens + 8, n_threads=threads) for p in paths}
 
     def measure(path: str, warmup: bool) -> dict[str, float]:
         llm = models[path]
@@ -176,7 +182,8 @@ def speed(paths: list[str], prompt_len: int, new_tokens: int, repeats: int, log=
         return {"prefill_tok_s": prompt_len / prefill, "decode_tok_s": tokens / decode}
 
     what = f" (prefill {prompt_len} tokens, decode {new_tokens})"
-    runs, noise = interleaved_rounds(list(models), measure, repeats, "decode_tok_s", log, what)
+    runs, noise = interleaved_rounds(list(models), measure, repeats, "decode_tok_s", log, what, load_before=before)
+    noise["threads"] = threads
     for llm in models.values():
         llm.close()
     return runs, noise
@@ -213,7 +220,7 @@ def compare(variants: dict[str, Path], prompt_len: int = 512, new_tokens: int = 
     runs, noise = speed([str(p) for p in variants.values()], prompt_len, new_tokens, repeats, log)
     results = {"models": {}, "noisy": noise["noisy"], "noise": noise,
                "setup": {"runtime": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
-                         "build": build_flags(), "threads": allowed_cores(), "prompt_len": prompt_len,
+                         "build": build_flags(), "threads": noise["threads"], "prompt_len": prompt_len,
                          "new_tokens": new_tokens, "repeats": repeats, "rounds": noise["rounds"]}}
     for label, path in variants.items():
         results["models"][label] = {

@@ -122,7 +122,11 @@ def load_model(
 
     Raises:
         ModelLoadError: the spec resolves to nothing loadable; the message says what was tried.
+        TypeError: ``spec`` is not a string or a path (``None`` would otherwise be tried as a hub id).
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"load_model(spec) takes a packaged name, a folder, a .gguf file or a hub id (str or "
+                        f"os.PathLike), got {type(spec).__name__} {spec!r}")
     device = device or default_device()
     directory = resolve_checkpoint(str(spec))
     extra = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}

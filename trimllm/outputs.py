@@ -14,17 +14,42 @@ from pathlib import Path
 
 from trimllm.plan import PLAN_FILE
 
-# The top-level names each kind of output folder holds; the first name of each is its marker.
-_RUN = ("resolved.yaml", "run.json", PLAN_FILE, "metrics.jsonl", "report.md", "loss.png", "accuracy.png", ".trainer",
-        "final", "final_eval", "tensorboard")
-_EXPORT = (PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
-           "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-           "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-           "results.json", "results.md")  # `trimllm eval --out` into a model folder adds its results
-_SCORES = ("scores.json", "scores.md", "scores.png")
-_EVAL = ("results.json", "results.md")
+# What each kind of output folder holds, recursively: for each name at its top level, "file" (a file trimllm writes),
+# another kind (a subfolder of that kind, checked the same way) or "any" (trimllm's own working folders: the
+# Trainer's checkpoints, TensorBoard event files, a killed write's temporary sibling). The first name is the marker.
+_TMP = r"\..+\.(tmp|old)-.*"
+_RUN = {"resolved.yaml": "file", "run.json": "file", PLAN_FILE: "file", "metrics.jsonl": "file", "report.md": "file",
+        "loss.png": "file", "accuracy.png": "file", "final": "a trimllm export", r"stage_\d+": "a trimllm export",
+        "final_eval": "trimllm results", "tasks": "trimllm tasks", ".trainer": "any", "tensorboard": "any", _TMP: "any",
+        ".lock": "file"}
+_EXPORT = {name: "file" for name in (
+    PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+    "results.json", "results.md",  # `trimllm eval --out` into a model folder adds its results
+    r"model-\d+-of-\d+\.safetensors", r"samples_.+\.jsonl")} | {_TMP: "any"}
+_SCORES = {"scores.json": "file", "scores.md": "file", "scores.png": "file", _TMP: "any"}
+_EVAL = {"results.json": "file", "results.md": "file", r"samples_.+\.jsonl": "file", _TMP: "any"}
+_TASKS = {r".+\.yaml": "file", r".+_test\.jsonl": "file", _TMP: "any"}  # a user data set's task (formats.write_task)
 KINDS = {"a trimllm run": _RUN, "a trimllm export": _EXPORT, "trimllm scores": _SCORES, "trimllm results": _EVAL}
-_OURS_TOO = re.compile(r"^(stage_\d+|model-\d+-of-\d+\.safetensors|samples_.+\.jsonl|\..+\.(tmp|old)-.*)$")
+_LAYOUTS = {**KINDS, "trimllm tasks": _TASKS}
+
+
+def _rule(kind: str, name: str) -> str | None:
+    return next((rule for pattern, rule in _LAYOUTS[kind].items() if re.fullmatch(pattern, name)), None)
+
+
+def foreign_paths(folder: Path, kind: str) -> list[str]:
+    """The paths under ``folder`` (relative to it) that an output of ``kind`` does not hold: a file where trimllm
+    writes none, a folder in place of a file, anything inside a subfolder that is not of that subfolder's kind."""
+    found = []
+    for path in sorted(Path(folder).iterdir()):
+        rule = _rule(kind, path.name)
+        if rule is None or (rule == "file" and path.is_dir()):
+            found.append(path.name + ("/" if path.is_dir() else ""))
+        elif rule in _LAYOUTS:
+            found += [f"{path.name}/{inner}" for inner in foreign_paths(path, rule)] if path.is_dir() else [path.name]
+    return found
 
 
 class OutputError(ValueError):
@@ -32,13 +57,23 @@ class OutputError(ValueError):
 
 
 def kind_of(folder: Path) -> str | None:
-    """Which trimllm output ``folder`` is ("a trimllm run", ...), or None: it must hold the kind's marker and
-    nothing but files of that kind."""
+    """Which trimllm output ``folder`` is ("a trimllm run", ...), or None: it must hold the kind's marker and, at
+    every depth, nothing but what that kind holds."""
     names = {p.name for p in folder.iterdir()}
-    for kind, own in KINDS.items():
-        if own[0] in names and all(n in own or _OURS_TOO.match(n) for n in names):
+    for kind, layout in KINDS.items():
+        if next(iter(layout)) in names and not foreign_paths(folder, kind):
             return kind
     return None
+
+
+def _closest_foreign(folder: Path) -> list[str]:
+    """The foreign paths of ``folder`` against the kind whose marker it holds (else every top-level name that no
+    kind holds)."""
+    names = {p.name for p in folder.iterdir()}
+    marked = [kind for kind, layout in KINDS.items() if next(iter(layout)) in names]
+    if marked:
+        return min((foreign_paths(folder, kind) for kind in marked), key=len)
+    return sorted(n for n in names if not any(_rule(kind, n) for kind in KINDS))
 
 
 def _protected(folder: Path) -> str | None:
@@ -63,7 +98,7 @@ def check_replaceable(folder: Path, flag: str = "--overwrite") -> None:
         raise OutputError(f"{folder} is a file, not a folder; choose another output folder")
     why = _protected(folder)
     if why is None and any(folder.iterdir()) and kind_of(folder) is None:
-        foreign = sorted(p.name for p in folder.iterdir() if not any(p.name in own for own in KINDS.values()))
+        foreign = _closest_foreign(folder)
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         why = f"it holds files trimllm did not write ({shown})"
     if why:
@@ -74,6 +109,8 @@ def check_replaceable(folder: Path, flag: str = "--overwrite") -> None:
 def check_writable(path: Path) -> None:
     """Refuse (OutputError) an output path that cannot be created or written, before any work is done."""
     path = Path(path)
+    if path.is_symlink():  # replacing it would replace the link, or what it points to: neither is what was asked
+        raise OutputError(f"{path} is a symbolic link (to {os.readlink(path)}); give the real folder, or a new path")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} is a file; the output is a folder: choose another path")
     existing = next(p for p in [path, *path.parents] if p.exists())

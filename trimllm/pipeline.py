@@ -38,7 +38,7 @@ from trimllm.plan import count_parameters
 from trimllm.prompts import MCItem
 from trimllm.records import RunFile, StagePlan, StageRecord
 from trimllm.report import progress_line, stage_line, stage_plots, stage_report, throughput_line
-from trimllm.rundir import prepare, trainer_dir
+from trimllm.rundir import check_data, data_fingerprint, prepare, trainer_dir, unlock
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
 from trimllm.surgery import freeze_blocks, get_plan
@@ -72,6 +72,13 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict:
     calls this; decisions are made on rank 0 and broadcast, files are written by rank 0.
     """
     init()
+    try:
+        return _run(recipe, overwrite)
+    finally:
+        unlock(Path(recipe.output_dir))  # the run lock prepare() took (rank 0 only; a no-op elsewhere)
+
+
+def _run(recipe: Recipe, overwrite: bool) -> dict:
     started = time.perf_counter()
     state = setup(recipe, overwrite)
     expected = stop.expected_stages(recipe.schedule.name, recipe.schedule.per_stage, get_plan(state.model),
@@ -113,11 +120,15 @@ def setup(recipe: Recipe, overwrite: bool) -> RunState:
     if problems:
         raise RecipeError(problems, "recipe")
     data = training_data(recipe.data, tokenizer)
+    fingerprint = data_fingerprint(data, recipe.data)
+    if previous:
+        check_data(out, previous.data, fingerprint)  # before anything is rewritten
     if recipe.data.source and is_main():  # the user's data set as an lm-eval task (eval.tasks, plain lm_eval)
         write_task(recipe.data, out / "tasks")
     calibration = CalibrationSet(data_name(recipe.data), data.calibration, recipe.data.seed)
     plan = get_plan(model)
     run_file = previous or RunFile(recipe.to_dict(), plan.base_model, plan.num_layers, plan.params_original)
+    run_file.data = fingerprint
     if run_file.running and run_file.running.stage != len(run_file.stages):
         run_file.running = None  # a decision whose stage completed after all: decide the next one afresh
     return RunState(recipe, out, model, tokenizer, calibration, data.validation, data.examples, run_file,

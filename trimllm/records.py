@@ -87,6 +87,7 @@ class RunFile:
     stages: list[StageRecord] = field(default_factory=list)
     running: StagePlan | None = None
     final: FinalChoice | None = None
+    data: dict[str, str] | None = None  # fingerprint of the records each part used (trimllm.rundir.data_fingerprint)
 
     def to_dict(self) -> dict:
         """The run's result, as :func:`trimllm.pipeline.run` returns it (no ``running`` entry)."""
@@ -95,7 +96,8 @@ class RunFile:
                 "final": self.final.to_dict() if self.final else None}
 
     def write(self, out: Path) -> None:
-        data = {**self.to_dict(), "running": dataclasses.asdict(self.running) if self.running else None}
+        data = {**self.to_dict(), "running": dataclasses.asdict(self.running) if self.running else None,
+                "data": self.data}
         write_text_atomic(Path(out) / RUN_FILE, json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -104,4 +106,4 @@ class RunFile:
         return cls(data["recipe"], data["base_model"], data["num_layers"], data["params_original"],
                    [StageRecord(**s) for s in data["stages"]],
                    StagePlan(**data["running"]) if data.get("running") else None,
-                   FinalChoice.from_dict(data["final"]) if data.get("final") else None)
+                   FinalChoice.from_dict(data["final"]) if data.get("final") else None, data.get("data"))

@@ -7,8 +7,10 @@ A run folder holds ``resolved.yaml`` (the recipe), the run file (``run.json``, :
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -22,7 +24,53 @@ from trimllm.plan import PLAN_FILE
 from trimllm.records import RUN_FILE, RunFile
 
 TRAINER_DIR = ".trainer"
+LOCK_FILE = ".lock"  # held (flock) by the one process running in the folder; the kernel releases it if that dies
 logger = logging.getLogger(__name__)
+_held: dict[str, int] = {}
+
+
+def lock(out: Path) -> None:
+    """Hold ``out``'s run lock for this process (creating ``out``), or raise :class:`FileExistsError` naming the
+    process that holds it: two runs in one folder would train twice and interleave their files."""
+    import fcntl
+
+    key = str(Path(out).resolve())
+    if key in _held:
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(out) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FileExistsError(f"output_dir {out} is in use by another trimllm run (pid {holder}); wait for it to "
+                              "finish (or stop it), or set output_dir=... to another folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[key] = fd
+
+
+def unlock(out: Path) -> None:
+    """Release ``out``'s run lock (the file stays: deleting it would let a waiting process lock a stale inode)."""
+    import fcntl
+
+    fd = _held.pop(str(Path(out).resolve()), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _has_content(out: Path) -> bool:
+    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+
+
+def _clear(out: Path) -> None:
+    """Remove everything in ``out`` but the lock this process holds (already checked by check_replaceable)."""
+    for path in out.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def trainer_dir(out: Path, stage: int) -> Path:
@@ -39,18 +87,20 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
     out = Path(out)
     resolved = to_yaml(recipe)
     check_writable(out)
-    if out.exists() and any(out.iterdir()):
+    if _has_content(out) and overwrite:
+        check_replaceable(out)  # before anything is created in it
+    elif _has_content(out) and not (out / "resolved.yaml").is_file():
+        raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
+                              "new or empty folder")
+    lock(out)  # from here on this process is the only one in out
+    if _has_content(out):
         if overwrite:
-            check_replaceable(out)
-            shutil.rmtree(out)
-        elif not (out / "resolved.yaml").is_file():
-            raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
-                                  "new or empty folder")
+            _clear(out)
         elif (changed := _changed(out, recipe)).keys and not _completed_stages(out):
             # a run that never completed a stage protects nothing: the corrected recipe starts over
             logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
-            check_replaceable(out)
-            shutil.rmtree(out)
+            check_replaceable(out, "starting over (the run there completed no stage)")
+            _clear(out)
         elif changed.keys and {key.split(".")[0] for key in changed.keys} <= {"eval"}:
             # only the evaluation asked for changed: keep the training, redo the final evaluation
             logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)
@@ -71,9 +121,34 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
             previous = RunFile.read(out) if (out / RUN_FILE).is_file() else None
             trim_metrics(out, len(previous.stages) if previous else 0)
             return previous
-    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "resolved.yaml", resolved)
     return None
+
+
+def data_fingerprint(data, cfg) -> dict[str, str]:
+    """A hash per part of the records a run uses (train examples, validation and calibration items, and a user
+    data set's test side, which its task file holds): a resume on changed data is refused by :func:`check_data`."""
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    parts = {"train": digest([(e["input_ids"], e.get("labels")) for e in data.examples]),
+             "validation": digest([(i.uid, i.context, i.choices, i.gold) for i in data.validation]),
+             "calibration": digest([(i.uid, i.context, i.choices, i.gold) for i in data.calibration])}
+    if cfg.source:
+        from trimllm.user_data import user_sides
+
+        parts["test"] = digest([r["_uid"] for r in user_sides(cfg).test])
+    return parts
+
+
+def check_data(out: Path, saved: dict[str, str] | None, now: dict[str, str]) -> None:
+    """Refuse (:class:`FileExistsError`) to resume the run in ``out`` on data that differ from what it trained on."""
+    changed = [part for part in now if saved and part in saved and saved[part] != now[part]]
+    if changed:
+        raise FileExistsError(f"output_dir {out} holds a run trained on other data: the {', '.join(changed)} "
+                              "records differ from those the run used (the data file or folder changed since). "
+                              "Resuming would mix the two; set output_dir=... to start a new run, or pass "
+                              "--overwrite to start this one over")
 
 
 def _completed_stages(out: Path) -> int:

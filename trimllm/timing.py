@@ -35,15 +35,31 @@ def allowed_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fit_threads() -> int:
-    """Cap torch's intra-op threads at :func:`allowed_cores` (torch counts the machine's cores: more threads than
-    cores make a shared machine collapse instead of slowing in proportion); returns the count in use."""
+def free_cores(other_load: float | None) -> int:
+    """The cores this process may use, less those other processes keep busy (at least one): a thread that waits for
+    a core another process holds stalls all the others at every synchronisation. Measured on 2 cores with one
+    busy-loop process: 2 torch threads decoded 2.9x slower than on the quiet machine; 1 thread, see BENCHMARKS.md
+    "Speed figures on a quiet and a busy machine"."""
+    busy = 0 if other_load is None else int(other_load + 0.5)
+    return max(1, allowed_cores() - busy)
+
+
+def fit_threads(other_load: float | None = None) -> int:
+    """Cap torch's intra-op threads at :func:`free_cores` (torch counts the machine's cores, not the affinity nor
+    what others use); returns the count in use."""
     import torch
 
-    cores = allowed_cores()
+    cores = free_cores(other_load)
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
     return torch.get_num_threads()
+
+
+def load_now(seconds: float = 0.5) -> float | None:
+    """What other processes keep busy right now (average cores over ``seconds``; None without /proc/stat)."""
+    meter = LoadMeter().start()
+    time.sleep(seconds)
+    return meter.stop()
 
 
 def spread(values: list[float]) -> dict:
@@ -139,17 +155,22 @@ class LoadMeter:
 
 
 def verdict(other_load: float | None, cores: int, shortfalls: dict[str, float],
-            load_average: float | None = None) -> dict:
-    """Whether figures timed under ``other_load`` (average cores other processes used; None: unknown, then the
-    1-minute ``load_average`` minus this process's own core stands in) with rounds whose medians fall
-    ``shortfalls`` below their best round (:func:`shortfall`, per figure) can be trusted. Returns
-    ``{"noisy", "reasons", "other_load", "cores", "shortfalls"}``."""
+            load_average: float | None = None, load_before: float | None = None) -> dict:
+    """Whether figures timed while other processes used ``other_load`` cores on average (``load_before`` just before
+    the timing; None: unknown, then the 1-minute ``load_average`` minus this process's own core stands in), with
+    rounds whose medians fall ``shortfalls`` below their best round (:func:`shortfall`, per figure), can be trusted.
+    Returns ``{"noisy", "reasons", "other_load", "cores", "shortfalls"}``."""
     reasons = []
     if other_load is None and load_average is not None:
         other_load = max(0.0, load_average - 1)
-    if other_load is not None and other_load > OTHER_LOAD_SHARE * cores:
+    limit = OTHER_LOAD_SHARE * cores
+    if other_load is not None and other_load > limit:
+        before = f" ({load_before:.1f} just before)" if load_before is not None and load_before > limit else ""
         reasons.append(f"other processes kept {other_load:.1f} of the {cores} cores this process may use busy "
-                       "while timing")
+                       f"while timing{before}")
+    elif load_before is not None and load_before > limit:
+        reasons.append(f"other processes kept {load_before:.1f} of the {cores} cores this process may use busy just "
+                       "before timing")
     worst = max(shortfalls.items(), key=lambda kv: kv[1], default=None)
     if worst is not None and worst[1] > SHORTFALL_LIMIT:
         reasons.append(f"the median of {worst[0]} is {worst[1]:.0%} below its best round (most rounds were slowed)")
@@ -166,17 +187,18 @@ def warning_line(noise: dict) -> str | None:
 
 
 def interleaved_rounds(names: list[str], measure: Callable[[str, bool], dict[str, float]], max_rounds: int,
-                       main: str, log: Callable[[str], None] = print, what: str = "") -> tuple[dict, dict]:
+                       main: str, log: Callable[[str], None] = print, what: str = "",
+                       load_before: float | None = None) -> tuple[dict, dict]:
     """Time every model in turn, round after round: a warm-up round (``measure(name, True)``, not counted), then at
     least ``min(MIN_ROUNDS, max_rounds)`` rounds and at most ``max_rounds``, stopping early once the ``main``
     figure of every model spreads less than :data:`STOP_SPREAD`. ``measure(name, warmup)`` returns tokens/s by
     figure. Logs what is timed with an ETA.
 
+    ``load_before``: the load the caller sampled before (:func:`load_now`), else sampled here.
+
     Returns ``({name: {figure: [per-round values]}}, noise)`` where ``noise`` is :func:`verdict`'s."""
     runs: dict = {name: {} for name in names}
-    before = LoadMeter().start()
-    time.sleep(0.5)  # a moment of the machine before timing: what runs besides us
-    other_before = before.stop()
+    other_before = load_before if load_before is not None else load_now()  # what runs besides us
     meter, started, done = LoadMeter().start(), time.perf_counter(), 0
     total = len(names) * (max_rounds + 1)
     for r in range(max_rounds + 1):
@@ -192,12 +214,11 @@ def interleaved_rounds(names: list[str], measure: Callable[[str, bool], dict[str
             log(f"stopping after {r} rounds: every {main} within {STOP_SPREAD:.0%}")
             break
     other = meter.stop()
-    loads = [x for x in (other_before, other) if x is not None]
     # The verdict reads the main figure (many steps, the headline number); a sub-millisecond figure (the prefill of
     # a tiny model) jitters with the timer even on a quiet machine. Every figure's spread is kept in the JSON.
     shortfalls = {f"{name} {main}": shortfall(runs[name][main]) for name in names}
     average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    noise = verdict(max(loads) if loads else None, allowed_cores(), shortfalls, load_average=average)
+    noise = verdict(other, allowed_cores(), shortfalls, load_average=average, load_before=other_before)
     noise["spreads"] = {f"{name} {key}": round(relative_spread(values), 3)
                         for name in names for key, values in runs[name].items()}
     noise["load_before"] = None if other_before is None else round(other_before, 2)

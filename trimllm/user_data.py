@@ -80,8 +80,9 @@ def _sides(key: str) -> UserSides:
         train, test = ([r for r, t in zip(train, on_test, strict=True) if not t],
                        [r for r, t in zip(train, on_test, strict=True) if t])
     validation = read("validation") if "validation" in splits else None
-    if validation is not None:
-        _refuse_overlap(validation, test)
+    if validation is not None:  # validation picks final/ and drives the accuracy floor: never on trained records
+        _refuse_overlap(validation, test, ("validation", "test"))
+        _refuse_overlap(train, validation, ("train", "validation"))
     return UserSides(tuple(train), tuple(test), None if validation is None else tuple(validation))
 
 
@@ -124,8 +125,12 @@ def _read_path(path: Path):
     import datasets
 
     datasets.disable_progress_bars()  # one small local file: a progress bar per split is noise
+    builder = builders.pop()
+    # CSV: pandas reads "NA", "null", "N/A", ... as missing, so a completion target "NA" would train as " None".
+    # Only an empty cell is missing (and refused where a template reads it); every other text stays text.
+    options = {"keep_default_na": False, "na_values": [""]} if builder == "csv" else {}
     try:
-        return datasets.load_dataset(builders.pop(), data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
     except Exception as err:  # datasets raises many types for a file it cannot parse
         raise DataFormatError(f"{path}: cannot be read as {files[0].suffix} records: {_cause(err)}") from None
 
@@ -155,11 +160,15 @@ def _processed(dataset, process_docs: str | None) -> list[dict]:
     """The records, after ``process_docs`` (lm-eval's contract: ``datasets.Dataset -> datasets.Dataset``)."""
     if process_docs:
         function = load_function(process_docs)
+        rows = dataset.num_rows
         try:
             dataset = function(dataset)
-        except Exception as err:  # the user's code: say whose, and what it raised
-            raise DataFormatError(f"data.process_docs = {process_docs!r} failed on {dataset.num_rows} records: "
+        except (Exception, SystemExit) as err:  # the user's code: say whose, and what it raised (sys.exit too)
+            raise DataFormatError(f"data.process_docs = {process_docs!r} failed on {rows} records: "
                                   f"{type(err).__name__}: {err}") from None
+        if not hasattr(dataset, "to_list") and not isinstance(dataset, list | tuple):
+            raise DataFormatError(f"data.process_docs = {process_docs!r} returned {type(dataset).__name__}; it must "
+                                  "return the records (a datasets.Dataset, as lm-eval's hook does; forgot `return`?)")
     return dataset.to_list() if hasattr(dataset, "to_list") else [dict(r) for r in dataset]
 
 
@@ -172,12 +181,17 @@ def load_function(spec: str):
             raise DataNotFoundError(f"data.process_docs = {spec!r}: file {path} not found")
         module_spec = importlib.util.spec_from_file_location(f"trimllm_user_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except (Exception, SystemExit) as err:  # a syntax error, a missing import, a sys.exit at import
+            where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+            raise DataFormatError(f"data.process_docs = {spec!r}: {path} failed to load{where}: "
+                                  f"{type(err).__name__}: {err}") from None
     else:
         module_name, _, name = spec.rpartition(".")
         try:
             module = importlib.import_module(module_name)
-        except (ImportError, ValueError) as err:
+        except (ImportError, ValueError, SyntaxError) as err:
             raise DataNotFoundError(f"data.process_docs = {spec!r}: cannot import {module_name!r} ({err}); give "
                                     "module.function on the Python path or path/to/file.py:function") from None
     function = getattr(module, name, None)
@@ -195,11 +209,12 @@ def _with_uids(records: list[dict]) -> list[dict]:
     return [{**r, "_uid": record_uid(content(r))} for r in records]
 
 
-def _refuse_overlap(train: list[dict], test: list[dict]) -> None:
-    test_ids = {r["_uid"] for r in test}
-    shared = [r for r in train if r["_uid"] in test_ids]
+def _refuse_overlap(first_side: list[dict], second_side: list[dict], names: tuple[str, str] = ("train", "test")) -> None:
+    second_ids = {r["_uid"] for r in second_side}
+    shared = [r for r in first_side if r["_uid"] in second_ids]
     if shared:
         first = json.dumps(content(shared[0]), ensure_ascii=False)[:200]
-        raise DataFormatError(f"{len(shared)} record(s) are on both the train side and the test side of data.splits "
-                              f"(the first: {first}); remove them from the train file, or the model is trained on "
-                              "what it is tested on")
+        raise DataFormatError(f"{len(shared)} record(s) are on both the {names[0]} side and the {names[1]} side of "
+                              f"data.splits (the first: {first}); remove them from the {names[0]} file, or the model "
+                              f"is {'trained' if names[0] == 'train' else 'validated'} on what it is "
+                              f"{'validated' if names[1] == 'validation' else 'tested'} on")

@@ -114,3 +114,14 @@ def test_torch_threads_fit_a_restricted_affinity():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 1, 1]
     assert timing.fit_threads() <= allowed_cores()
+
+
+def test_threads_fit_the_cores_others_leave_free(monkeypatch):
+    monkeypatch.setattr(timing, "allowed_cores", lambda: 2)
+    assert [timing.free_cores(x) for x in (None, 0.02, 0.3, 1.0, 1.6, 5.0)] == [2, 2, 2, 1, 1, 1]
+
+
+def test_the_warning_says_whether_the_load_was_seen_before_or_while_timing():
+    assert "busy just before timing" in warning_line(verdict(0.1, 2, {}, load_before=1.6))
+    line = warning_line(verdict(1.1, 2, {}, load_before=2.0))
+    assert "kept 1.1 of the 2 cores this process may use busy while timing (2.0 just before)" in line

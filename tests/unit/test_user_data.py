@@ -147,7 +147,7 @@ def recipe_with(source, *overrides):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["data.doc_to_target='{{missing}}'"], ["templates fail on train record 0", "fields are: question, options"]),
+    (["data.doc_to_target='{{missing}}'"], ["train record 0 has no value for field 'missing'", "fields: question, options"]),
     (["data.doc_to_target=7"], ["templates fail on train record 0", "IndexError"]),
     (["data.doc_to_target=nine"], ["gives 'nine', which is not among its choices"]),
     (["data.doc_to_choice=null"], ["data.doc_to_choice is required"]),
