@@ -325,24 +325,13 @@ def main() -> None:
         typer.echo(f"Error: {err}\n(set TRIMLLM_DEBUG=1 to see the traceback)", err=True)
         raise SystemExit(2) from None
     except OSError as err:
+        from trimllm.outputs import disk_message
+
         message = disk_message(err)
         if message is None or os.environ.get("TRIMLLM_DEBUG"):
             raise
         typer.echo(f"Error: {message}", err=True)
         raise SystemExit(2) from None
-
-
-def disk_message(err: OSError) -> str | None:
-    """One line for the disk errors a user can act on (a full disk, a name too long), else None."""
-    import errno
-
-    where = f" ({err.filename})" if err.filename else ""
-    if err.errno == errno.ENOSPC:
-        return (f"no space left on the disk{where}: free some space (or choose an output on another disk) and rerun; "
-                "a run resumes from its last completed stage")
-    if err.errno == errno.ENAMETOOLONG:
-        return f"a file name is too long for this file system{where}: choose a shorter output name"
-    return None
 
 
 # The deployment commands (`export`, `bench`) live in their own module; importing it registers them on `app`.

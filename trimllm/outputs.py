@@ -134,3 +134,16 @@ def check_output(folder: Path, overwrite: bool, own: str | tuple[str, ...] | Non
         hint = "" if kinds else ", or pass --overwrite if it holds an earlier trimllm output"
         raise OutputError(f"{folder} is not empty and does not hold {' or '.join(kinds) or 'a trimllm output'}; "
                           f"choose another folder{hint}")
+
+
+def disk_message(err: OSError) -> str | None:
+    """One line for the disk errors a user can act on (a full disk, a name too long), else None."""
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (f"no space left on the disk{where}: free some space (or choose an output on another disk) and rerun; "
+                "a run resumes from its last completed stage")
+    if err.errno == errno.ENAMETOOLONG:
+        return f"a file name is too long for this file system{where}: choose a shorter output name"
+    return None

@@ -55,13 +55,25 @@ def task_name(cfg) -> str:
 def user_sides(cfg) -> UserSides:
     """Both sides of the user data set of ``cfg`` (a :class:`trimllm.config.DataConfig`)."""
     key = json.dumps([cfg.source, cfg.splits, cfg.test_fraction, cfg.process_docs, str(Path.cwd()),
-                      os.environ.get(DATA_ENV)], sort_keys=True, default=str)
+                      os.environ.get(DATA_ENV), _file_stamps(cfg)], sort_keys=True, default=str)
     return _sides(key)
+
+
+def _file_stamps(cfg) -> list:
+    """Size and modification time of every local file behind ``cfg``'s data: part of the cache key, so that a file
+    edited while the process lives (a script calling trimllm.train twice) is read again, not served from memory."""
+    paths = [cfg.source, *(cfg.splits or {}).values(), (cfg.process_docs or "").rpartition(":")[0]]
+    stamps = []
+    for text in filter(None, map(str, paths)):
+        path = Path(expand(text))
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        stamps += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return stamps
 
 
 @lru_cache(maxsize=8)
 def _sides(key: str) -> UserSides:
-    source, splits, test_fraction, process_docs, _, _ = json.loads(key)
+    source, splits, test_fraction, process_docs, *_ = json.loads(key)
     splits = splits or {}
     unknown = set(splits) - {"train", "validation", "test"}
     if unknown:

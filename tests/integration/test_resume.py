@@ -86,10 +86,12 @@ def test_a_run_of_an_older_trimllm_without_the_newer_keys_still_resumes(tiny_dir
     saved = yaml.safe_load((tmp_path / "old" / "resolved.yaml").read_text())
     for key in ("source", "format", "doc_to_text", "text_field", "splits", "test_fraction"):
         del saved["data"][key]
+    del saved["train"]["seed"]  # a newer key that is valid without own data too
     (tmp_path / "old" / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     assert without_times(run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none")) == without_times(first)
-    with pytest.raises(FileExistsError, match=r"different recipe \(data\.test_fraction: 0\.2 -> 0\.3\)"):
-        run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none", "data.test_fraction=0.3")
+    # (own-data keys such as data.test_fraction are now refused without data.source, before any run folder is read)
+    with pytest.raises(FileExistsError, match=r"different recipe \(train\.seed: 0 -> 1\)"):
+        run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none", "train.seed=1")
 
 
 def test_a_different_recipe_is_refused_with_the_differences(tiny_dir, tmp_path):

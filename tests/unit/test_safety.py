@@ -232,13 +232,13 @@ def test_include_path_yamls_are_checked_before_the_model_loads(capsys, monkeypat
     (tasks / "broken.yaml").write_text("task: mine\n  dataset_path: [json\n")
     code, out = run_cli(capsys, monkeypatch, "eval", tmp_path / "no-model-needed", "--tasks", "mine",
                         "--include-path", tasks)
-    assert code == 2 and "broken.yaml is not a valid task YAML" in out, out
+    assert code == 2 and "is not a valid task YAML" in out and "line 2, column 15" in out, out
     # a run folder moved after trimllm wrote its task (the data path inside is absolute)
     (tasks / "broken.yaml").write_text(f"task: mine\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
                                        f"    test: {tmp_path / 'old-place' / 'mine_test.jsonl'}\n")
     code, out = run_cli(capsys, monkeypatch, "eval", tmp_path / "no-model-needed", "--tasks", "mine",
                         "--include-path", tasks)
-    assert code == 2 and "old-place/mine_test.jsonl, which does not exist (was the run folder moved?" in out, out
+    assert code == 2 and "which does not exist (was the run folder moved?" in out and "old-place" in out, out
 
 
 def test_an_output_that_is_a_symlink_is_refused(capsys, monkeypatch, tmp_path, tiny_dir):
