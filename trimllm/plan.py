@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: `import trimllm` and every command's start stay free of torch
+    from torch import nn
 
 PLAN_FILE = "plan.json"
 
