@@ -138,6 +138,9 @@ def _read_path(path: Path):
 
     datasets.disable_progress_bars()  # one small local file: a progress bar per split is noise
     builder = builders.pop()
+    if builder in ("json", "csv"):
+        for file in files:
+            _check_utf8(file)
     # CSV: pandas reads "NA", "null", "N/A", ... as missing, so a completion target "NA" would train as " None".
     # Only an empty cell is missing (and refused where a template reads it); every other text stays text.
     options = {"keep_default_na": False, "na_values": [""]} if builder == "csv" else {}
@@ -145,6 +148,17 @@ def _read_path(path: Path):
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
     except Exception as err:  # datasets raises many types for a file it cannot parse
         raise DataFormatError(f"{path}: cannot be read as {files[0].suffix} records: {_cause(err)}") from None
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a text file that is not UTF-8, naming the line (datasets would read it and fail later, in pyarrow)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataFormatError(f"{path}, line {number}: not UTF-8 ({err.reason} at byte {err.start}); "
+                                      "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
 
 
 def _read_hub(source: str, split: str):

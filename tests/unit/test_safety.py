@@ -306,3 +306,45 @@ def test_lm_evals_internals_do_not_surface(capsys, monkeypatch, tmp_path):
     for choice in ("'{{solution}}, x'", "'{{question}}'"):  # lm-eval: ValueError <ast.Name ...>, SyntaxError
         code, out = validate(capsys, monkeypatch, f"data.source={source}", *SIZES, *mc, f"data.doc_to_choice={choice}")
         assert code == 2 and "data.doc_to_choice must render a list of the choices" in out and "<ast." not in out, out
+
+
+def test_a_file_that_is_not_utf8_names_its_line(capsys, monkeypatch, tmp_path):
+    good = "".join(json.dumps(r) + "\n" for r in RECORDS)
+    (tmp_path / "latin.jsonl").write_bytes(good.encode() + '{"question": "café"}\n'.encode("latin-1"))
+    code, out = validate(capsys, monkeypatch, f"data.source={tmp_path / 'latin.jsonl'}", *SIZES, *MC)
+    assert code == 2 and f"line {len(RECORDS) + 1}: not UTF-8" in out and "Traceback" not in out, out
+
+
+def test_restarting_a_run_that_completed_no_stage_does_not_speak_of_overwrite(capsys, monkeypatch, tmp_path):
+    # The run there completed no stage, so a changed recipe starts it over; a file of the user's inside stops that,
+    # and the message names what trimllm was doing, not an --overwrite that was never given.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resolved.yaml").write_text("train:\n  lr: 1.0\n")
+    (run / "mine.txt").write_text("keep")
+    code, out = run_cli(capsys, monkeypatch, "train", SMOKE, f"output_dir={run}", "model.name=smollm2-135m")
+    assert code == 2 and "starting over (the run there completed no stage) would delete" in out, out
+    assert "--overwrite would" not in out and (run / "mine.txt").read_text() == "keep"
+
+
+def test_a_child_like_the_converter_dies_with_its_killed_parent():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent_code = ("import subprocess, sys, time\nfrom trimllm.atomic import die_with_parent\n"
+                   "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+                   "preexec_fn=die_with_parent)\nprint(child.pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)  # as a user's `kill -9` or the OOM killer would
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return  # gone with its parent
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the child outlived its killed parent")
