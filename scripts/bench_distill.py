@@ -27,6 +27,7 @@ from trimllm.modeling import load_model
 from trimllm.prompts import mc_item
 from trimllm.sft import sft_examples
 from trimllm.surgery import drop_blocks
+from trimllm.timing import ratio_columns, round_ratios, with_range
 
 # The arms: the recipe's distill settings (None = cross-entropy only, the baseline).
 ARMS = {"ce": None, "kd answer": {"tokens": "answer"},
@@ -72,7 +73,12 @@ def distillation(args) -> None:
     fidelity = teacher_rounding(model, teachers["bfloat16"], tokenizer, examples[:32])
     figures = json.loads(args.out.read_text()) if args.out.is_file() else {}
     figures["distillation"] = {arm: {**{k: round(v, 3) for k, v in m.items()},
-                                     "step_ratio": round(m["s_per_step"] / median["ce"]["s_per_step"], 3)}
+                                     "step_ratio": round(m["s_per_step"] / median["ce"]["s_per_step"], 3),
+                                     # each round's arms ran back to back: the ratio per round, with its range
+                                     **ratio_columns("step_ratio", round_ratios([r["s_per_step"] for r in runs[arm]],
+                                                                                [r["s_per_step"] for r in runs["ce"]])),
+                                     "s_per_step_range": [round(min(r["s_per_step"] for r in runs[arm]), 3),
+                                                          round(max(r["s_per_step"] for r in runs[arm]), 3)]}
                                for arm, m in median.items()}
     figures["distillation_setup"] = {
         "model": args.model, "data": args.data, "examples": len(examples), "batch_size": args.batch_size,
@@ -124,7 +130,7 @@ def distillation_markdown(f: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for arm, e in f["distillation"].items():
-        lines.append(f"| {arm} | {e['s_per_step']} | {e['step_ratio']}x | {e['teacher_s_per_step']} | "
+        lines.append(f"| {arm} | {with_range(e, 's_per_step', 3)} | {with_range(e, 'step_ratio', 3, 'x')} | {e['teacher_s_per_step']} | "
                      f"{e['peak_memory_mb']:,.0f} |")
     worst = max(e["step_ratio"] for arm, e in f["distillation"].items() if arm != "ce")
     best_arm, best = min(((arm, e["step_ratio"]) for arm, e in f["distillation"].items() if arm != "ce"),
