@@ -12,6 +12,8 @@ from pathlib import Path
 # A temporary sibling keeps at most this much of its target's name: a legal 245-character name plus ".tmp-PID-XXXX"
 # would pass the 255-byte limit of a file name.
 NAME_KEPT = 180
+# Every temporary sibling trimllm writes (:func:`temp_prefix`, ``kind`` tmp or old), as other modules recognise it.
+TEMP_NAME = re.compile(r"\..+\.(tmp|old)-.*")
 
 
 def temp_prefix(path: Path, kind: str = "tmp") -> str:

@@ -142,12 +142,13 @@ def convert(folder: Path, out: Path) -> None:
         raise ConversionError(f"llama.cpp's converter failed on {folder} (exit {done.returncode}):\n{tail}")
 
 
-def quantize(source: Path, out: Path, quant: str) -> None:
-    """llama.cpp's quantizer (``llama_model_quantize``, what ``llama-quantize`` runs) from f16 to ``quant``."""
+def quantize(source: Path, out: Path, quant: str, allow_requantize: bool = False) -> None:
+    """llama.cpp's quantizer (``llama_model_quantize``, what ``llama-quantize`` runs) from f16 to ``quant``
+    (``allow_requantize``: from an already quantized GGUF, as llama-quantize's --allow-requantize)."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANTS[quant]
+    params.ftype, params.allow_requantize = QUANTS[quant], allow_requantize
     params.nthread = allowed_cores()  # the cores this process may use, not the machine's
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params)
     if code != 0 or not out.is_file():

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trimllm.gguf import QUANTS, ToolingMissing
+from trimllm.gguf import QUANTS, ConversionError, ToolingMissing, quantize
 from trimllm.timing import allowed_cores
 
 # What the child runs: import the binding only (no torch: it starts in a fraction of a second), print the build's
@@ -44,9 +44,8 @@ PROBE_TIMEOUT_S = 600  # a load of a multi-GB GGUF from a cold disk; the probe i
 CPUINFO_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c", "FMA": "fma",
                  "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi",
                  "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8"}
-LLAMA_CPP_PYTHON = "0.3.36"  # the Makefile's pin (pyproject.toml's `gguf` extra pins the same)
 REBUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/pip install --force-reinstall --no-deps --no-cache-dir '
-           f'--no-binary llama-cpp-python llama-cpp-python=={LLAMA_CPP_PYTHON}')
+           '--no-binary llama-cpp-python llama-cpp-python=={version}')  # the version installed (the Makefile's pin)
 CHECKED_ENV = "TRIMLLM_LLAMACPP_CHECKED"  # the tensor-type sets already verified, inherited by child processes
 
 
@@ -130,7 +129,17 @@ def crash_message(path: str | Path, types: str, what: str, child_stdout: str) ->
     return (f"llama.cpp cannot run {Path(path).name} on this CPU: a child process that loaded it and decoded one "
             f"token {what} (tensor types {types}). The installed llama-cpp-python was built for {used}{seen}. "
             f"A build made with -march=native on another machine (or for a CPU whose features the kernel leaves "
-            f"off) does this. Rebuild it portably: `{REBUILD}` (`make setup` does this by default).")
+            f"off) does this. Rebuild it portably: `{REBUILD.format(version=_binding_version())}` (`make setup` "
+            "does this by default).")
+
+
+def _binding_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return "VERSION"
 
 
 @contextlib.contextmanager
@@ -162,14 +171,13 @@ def self_test() -> int:
     packaged = Path(spec.submodule_search_locations[0]) / entry.gguf_file
     with tempfile.TemporaryDirectory(prefix="trimllm-selftest-") as folder:
         files = {"q4_1 (packaged)": packaged}
-        for quant, ftype in QUANTS.items():
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype, params.allow_requantize, params.nthread = ftype, True, allowed_cores()
+        for quant in QUANTS:
             out = Path(folder) / f"{quant}.gguf"
-            with c_stderr_silenced():
-                code = llama_cpp.llama_model_quantize(str(packaged).encode(), str(out).encode(), params)
-            if code != 0:
-                print(f"llama.cpp self-test: the quantizer failed on {quant}", file=sys.stderr)
+            try:
+                with c_stderr_silenced():
+                    quantize(packaged, out, quant, allow_requantize=True)
+            except ConversionError as err:
+                print(f"llama.cpp self-test: {err}", file=sys.stderr)
                 return 1
             files[quant] = out
         for label, path in files.items():

@@ -12,12 +12,13 @@ import os
 import re
 from pathlib import Path
 
+from trimllm.atomic import TEMP_NAME
 from trimllm.plan import PLAN_FILE
 
 # What each kind of output folder holds, recursively: for each name at its top level, "file" (a file trimllm writes),
 # another kind (a subfolder of that kind, checked the same way) or "any" (trimllm's own working folders: the
 # Trainer's checkpoints, TensorBoard event files, a killed write's temporary sibling). The first name is the marker.
-_TMP = r"\..+\.(tmp|old)-.*"
+_TMP = TEMP_NAME.pattern
 _RUN = {"resolved.yaml": "file", "run.json": "file", PLAN_FILE: "file", "metrics.jsonl": "file", "report.md": "file",
         "loss.png": "file", "accuracy.png": "file", "final": "a trimllm export", r"stage_\d+": "a trimllm export",
         "final_eval": "trimllm results", "tasks": "trimllm tasks", ".trainer": "any", "tensorboard": "any", _TMP: "any",

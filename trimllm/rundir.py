@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import yaml
 
-from trimllm.atomic import write_text_atomic
+from trimllm.atomic import TEMP_NAME, write_text_atomic
 from trimllm.config import Recipe, to_yaml
 from trimllm.outputs import check_replaceable, check_writable
 from trimllm.plan import PLAN_FILE
@@ -162,7 +162,7 @@ def _completed_stages(out: Path) -> int:
 
 def remove_litter(out: Path) -> None:
     """Temporary siblings that a killed run's atomic writes left behind (``.stage_01.tmp-…``, ``.run.json.tmp-…``)."""
-    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
+    for stale in [p for p in out.iterdir() if TEMP_NAME.fullmatch(p.name)]:
         if stale.is_dir():
             shutil.rmtree(stale)
         else:

@@ -78,6 +78,12 @@ def check_templates(cfg) -> None:
 
 
 @cache
+def _compiled(template: str):
+    """The sandbox's compiled template (compiled once: validation renders it on every record of every side)."""
+    return _environment().from_string(template)
+
+
+@cache
 def _fields(template: str) -> frozenset[str]:
     from jinja2 import meta
 
@@ -98,7 +104,7 @@ def record_problem(cfg, record: dict, side: str, index: int) -> str | None:
                     f"({what}); it would render as the text 'None'. Fill it in, or drop the record (its fields: "
                     f"{fields}; the record: {_shown(record)})")
         try:
-            _environment().from_string(template).render(**record)
+            _compiled(template).render(**record)
         except SecurityError as err:
             return f"data.{key} was refused by Jinja's sandbox on {side} record {index}: {err}"
         except UndefinedError as err:
