@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trimllm import timing
 from trimllm.atomic import write_text_atomic
 from trimllm.bench import environment, environment_line  # noqa: F401  (the scripts' machine description)
 
@@ -51,6 +52,34 @@ def shown_path(path: Path, root: Path) -> str:
     """``path`` relative to the checkout ``root`` when inside it (what a reader of BENCHMARKS.md can open)."""
     path = Path(path).resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+class TimingNoise:
+    """The noise check of :mod:`trimllm.timing` around a script's timed runs: the load other processes put on our
+    cores just before and while timing, and each configuration's rounds. ``start()`` before the first timed run,
+    ``verdict(rounds)`` after the last, with the per-round throughputs (higher is better) of each configuration."""
+
+    def start(self) -> TimingNoise:
+        self.before, self.meter = timing.load_now(), timing.LoadMeter().start()
+        return self
+
+    def verdict(self, rounds: dict[str, list[float]]) -> dict:
+        shortfalls = {name: timing.shortfall(values) for name, values in rounds.items() if len(values) > 1}
+        noise = timing.verdict(self.meter.stop(), timing.allowed_cores(), shortfalls, load_before=self.before)
+        noise["spreads"] = {name: round(timing.relative_spread(values), 3) for name, values in rounds.items()}
+        return noise
+
+
+def timing_line(noise: dict | None) -> str:
+    """How far a table's timing can be trusted: what the load meter saw, or the warning (figures saved before the
+    check existed: nothing)."""
+    if noise is None:
+        return ""
+    if noise["noisy"]:
+        return "Timing NOISY: " + "; ".join(noise["reasons"]) + "."
+    worst = max(noise["shortfalls"].values(), default=0.0)
+    return (f"Timing quiet: other processes used {noise['other_load']} of {noise['cores']} cores while timing; "
+            f"medians within {worst:.0%} of the best round.")
 
 
 def publish(figures: dict, json_path: Path, markdown_path: Path, title: str, body: str) -> None:

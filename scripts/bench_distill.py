@@ -18,7 +18,16 @@ import json
 import statistics
 
 import torch
-from _common import ROOT, command_line, environment, environment_line, write_json, write_section
+from _common import (
+    ROOT,
+    TimingNoise,
+    command_line,
+    environment,
+    environment_line,
+    timing_line,
+    write_json,
+    write_section,
+)
 from bench_train import removal_order, timed_stage, training_parser
 
 from trimllm.config import Recipe
@@ -57,6 +66,7 @@ def distillation(args) -> None:
     # the teacher as the pipeline loads it for distill.teacher_dtype (auto = the model's own dtype)
     teachers = {"auto": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
     runs = {arm: [] for arm in ARMS}
+    noise = TimingNoise().start()
     for repeat in range(args.repeats):  # alternate, so drifts of the machine hit every arm alike
         for arm, settings in ARMS.items():
             recipe = Recipe()
@@ -69,6 +79,7 @@ def distillation(args) -> None:
             runs[arm].append({"s_per_step": statistics.mean(seconds[args.warmup:]), "peak_memory_mb": stats.peak_memory_mb,
                               "teacher_s_per_step": stats.teacher_seconds / len(seconds)})
             print(arm, runs[arm][-1], flush=True)
+    noise = noise.verdict({f"{arm} steps/s": [1 / r["s_per_step"] for r in rs] for arm, rs in runs.items()})
     median = {arm: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for arm, rs in runs.items()}
     fidelity = teacher_rounding(model, teachers["bfloat16"], tokenizer, examples[:32])
     figures = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -80,6 +91,7 @@ def distillation(args) -> None:
                                      "s_per_step_range": [round(min(r["s_per_step"] for r in runs[arm]), 3),
                                                           round(max(r["s_per_step"] for r in runs[arm]), 3)]}
                                for arm, m in median.items()}
+    figures["distillation_noise"] = noise
     figures["distillation_setup"] = {
         "model": args.model, "data": args.data, "examples": len(examples), "batch_size": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "removed": args.distill_removed,
@@ -120,7 +132,9 @@ def distillation_markdown(f: dict) -> str:
         f"block_influence order) on {s['examples']} {s['data']} train-side examples, batch {s['batch_size']}, mean of "
         f"{s['steps']} steps after {s['warmup']} warm-up steps, median of {s['repeats']} alternating rounds. Teacher: "
         "the full-depth model, eval mode, no gradients, on the same batch in the same step. Peak memory: the "
-        "process's resident peak during the stage (on CPU it includes what the allocator kept from earlier arms).",
+        "process's resident peak during the stage (on CPU it includes what the allocator kept from earlier arms)."
+        + (" s / step: median (min–max) of the rounds; vs CE: the ratio within each round, median (min–max). "
+           + timing_line(f["distillation_noise"]) if "distillation_noise" in f else ""),
         *([] if "bf16_teacher" not in s else [
             "", f"The bf16 teacher's targets: KL(float32 teacher || bfloat16 teacher) = {s['bf16_teacher']['kl_nats']} "
             f"nats per answer token, top-1 token the same at {s['bf16_teacher']['top1_agreement']:.1%} of "

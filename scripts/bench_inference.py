@@ -17,7 +17,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _common import ROOT, command_line, environment_line, parser, publish, shown_path, write_section
+from _common import (
+    ROOT,
+    command_line,
+    environment_line,
+    parser,
+    publish,
+    shown_path,
+    timing_line,
+    write_section,
+)
 
 from trimllm.bench import compare, table
 from trimllm.export import save_compressed
@@ -73,17 +82,6 @@ def main() -> None:
     publish(results, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(results))
 
 
-def timing_line(results: dict) -> str:
-    """How far the timing can be trusted (:mod:`trimllm.timing`): what the load meter saw, or the warning."""
-    noise = results.get("noise")
-    if noise is None:
-        return ""
-    if noise["noisy"]:
-        return "Timing NOISY: " + "; ".join(noise["reasons"]) + "."
-    return (f"Timing quiet: other processes used {noise['other_load']} of {noise['cores']} cores while timing; "
-            f"medians within {max(noise['shortfalls'].values()):.0%} of the best round.")
-
-
 def markdown(results: dict) -> str:
     s = results["setup"]
     lines = [
@@ -91,7 +89,7 @@ def markdown(results: dict) -> str:
         "",
         f"Prefill: {s['prompt_len']}-token prompts, batch {' and '.join(map(str, s['batches']))}; decode: "
         f"{s['new_tokens']} greedy tokens at batch 1 with the KV cache; median (min–max) of {s.get('rounds', s['repeats'])} "
-        f"alternating rounds, speedups the median (min–max) of the per-round ratios. {timing_line(results)} "
+        f"alternating rounds, speedups the median (min–max) of the per-round ratios. {timing_line(results.get('noise'))} "
         "Bound = params_original / params_trimmed (the speedup if time were proportional to the weights read). "
         "Peak memory: CUDA max allocated, or on CPU the peak resident set minus the resident set before loading, "
         "each model in a fresh process.",

@@ -56,8 +56,8 @@ def noise_markdown(figures: dict, original: str, trimmed: str) -> str:
         return run["models"][original][key] / q["models"][original][key]
 
     lines = [
-        "`trimllm bench` with its defaults (prompt 512 tokens, prefill batch 1 and 8, 128 decoded tokens, up to 5 "
-        "rounds after a warm-up), SmolLM2-135M against its 22-block export (`scripts/bench_inference.py`'s 25 % model), "
+        "`trimllm bench` with its defaults (prompt 512 tokens, prefill batch 1 and 8, 128 decoded tokens, "
+        f"{q['setup']['repeats']} rounds after a warm-up), SmolLM2-135M against its 22-block export (`scripts/bench_inference.py`'s 25 % model), "
         f"on the same 2-core VM on {figures['date']}: quiet (nothing else ran), and with {figures['busy']} busy-loop "
         "process(es) beside it, before thread fitting (torch at 2 threads; the run made before `timing.free_cores`) "
         "and after it (torch at the cores left free). Figures in `benchmarks/bench_noise.json`.",
@@ -88,10 +88,11 @@ def noise_markdown(figures: dict, original: str, trimmed: str) -> str:
               f"({elapsed['quiet'] / 60:.1f} min) on the quiet 2-core CPU (target <= 3 min: "
               f"{'met' if elapsed['quiet'] <= 180 else 'NOT met'}), loads and the two peak-memory processes included."
               + ("" if "quiet_again" not in figures else
-                 f" A second quiet run ({figures['quiet_again']['note']}; other processes "
-                 f"{figures['quiet_again']['other_load']} of the cores) took {figures['quiet_again']['elapsed_s']:.0f} s: "
-                 f"its rounds did not settle within 5 % after 3, so it ran {figures['quiet_again']['rounds']}. The "
-                 "3-minute target holds when the early stop triggers, not whatever the rounds do."),
+                 f" Under the former default of up to 5 rounds a quiet run ({figures['quiet_again']['note']}; other "
+                 f"processes {figures['quiet_again']['other_load']} of the cores) took "
+                 f"{figures['quiet_again']['elapsed_s']:.0f} s: its rounds did not settle within 5 % after 3, so it ran "
+                 f"{figures['quiet_again']['rounds']}; so the default is now {q['setup']['repeats']} rounds "
+                 "(`--repeats N` for more, stopping after 3 once every decode figure is within 5 %)."),
               "", f"Command: `{figures['command']}`"]
     return "\n".join(lines)
 

@@ -90,7 +90,7 @@ def prompt_ids(vocab_size: int, batch: int, length: int, device) -> torch.Tensor
     return torch.randint(10, vocab_size - 10, (batch, length), generator=generator).to(device)
 
 
-def speed(models: dict, prompt_len: int = 512, batches: tuple = (1, 8), new_tokens: int = 128, repeats: int = 5,
+def speed(models: dict, prompt_len: int = 512, batches: tuple = (1, 8), new_tokens: int = 128, repeats: int = 3,
           log=print) -> tuple[dict, dict]:
     """Prefill and decode tokens/s of every model in interleaved rounds (:func:`trimllm.timing.interleaved_rounds`:
     a warm-up round, then 3 to ``repeats`` rounds). Returns ``({model: {figure: [per round]}}, noise)``."""
@@ -161,7 +161,7 @@ def _status_kb(field: str) -> int:
 
 
 def compare(specs: list[str], dtype: str = "auto", device: str | None = None, prompt_len: int = 512,
-            batches: tuple = (1, 8), new_tokens: int = 128, repeats: int = 5, log=print,
+            batches: tuple = (1, 8), new_tokens: int = 128, repeats: int = 3, log=print,
             models: dict | None = None) -> dict:
     """Benchmark ``specs`` (the first is the reference) and return per-model figures with ratios to it and to the
     weight-traffic bound ``params_reference / params_model``. ``models`` maps specs already loaded to their model."""

@@ -210,7 +210,7 @@ def _memory_probe(path: str, prompt_len: int, new_tokens: int) -> int:
     return peak
 
 
-def compare(variants: dict[str, Path], prompt_len: int = 512, new_tokens: int = 128, repeats: int = 5,
+def compare(variants: dict[str, Path], prompt_len: int = 512, new_tokens: int = 128, repeats: int = 3,
             log=print) -> dict:
     """Speed, peak memory, file size and parameters of GGUF ``variants`` (``{label: path}``; the first is the
     reference, the original at f16), with ratios to the reference and the weight-traffic bound

@@ -1,5 +1,5 @@
 """The deployment commands: ``trimllm export`` (GGUF for llama.cpp) and ``trimllm bench`` (speed and memory in
-transformers or in llama.cpp). Registered on :data:`trimllm.cli.app` by importing this module."""
+transformers or in llama.cpp). Registered on :data:`trimllm.cli.common.app` by importing this module."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from trimllm.cli import RUNTIMES, DtypeOpt, _check_output, _check_sizes, app, load_for_cli
+from trimllm.cli.common import RUNTIMES, DtypeOpt, app, check_output, check_sizes, load_for_cli
 
 
 @app.command()
@@ -33,7 +33,7 @@ def bench(
     prompt_len: Annotated[int, typer.Option("--prompt-len", help="Prompt tokens of the prefill and decode runs.")] = 512,
     batches: Annotated[str, typer.Option(help="Comma-separated prefill batch sizes (transformers).")] = "1,8",
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Greedy tokens decoded (batch 1, KV cache).")] = 128,
-    repeats: Annotated[int, typer.Option(help="At most this many timed rounds after a warm-up, alternating between the models (stops after 3 once every decode figure is within 5 %); the median and range are reported.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Timed rounds after a warm-up, alternating between the models; the median and range are reported. The default 3 keeps a comparison of two SmolLM2-sized models under 3 minutes on a quiet 2-core CPU; with more, it stops after 3 once every decode figure is within 5 %.")] = 3,
     out: Annotated[Path | None, typer.Option("--out", help="Write the figures to this JSON file.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA when available; transformers).")] = None,
     runtime: Annotated[str, typer.Option(help="transformers, or llamacpp: each model as GGUF in llama.cpp, at every --quants.")] = "transformers",
@@ -48,14 +48,14 @@ def bench(
         sizes = tuple(int(b) for b in batches.split(",") if b)
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated batch sizes such as 1,8; got {batches!r}", param_hint="--batches") from None
-    _check_sizes([("--prompt-len", prompt_len, 1), ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
+    check_sizes([("--prompt-len", prompt_len, 1), ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
                   ("--batches", min(sizes, default=0), 1)])
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"expected {' or '.join(RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
     if out is not None and (out.suffix != ".json" or out.is_dir()):
         raise typer.BadParameter(f"--out is a JSON file path, got {out}", param_hint="--out")
     if out is not None:  # its folder must be writable (or creatable) before the timing runs
-        _check_output(out.parent, False, None, "--out", writable_only=True)
+        check_output(out.parent, False, None, "--out", writable_only=True)
     log = lambda line: typer.echo(line, err=True)  # noqa: E731
     if runtime == "llamacpp":
         from trimllm.llamacpp import compare, table

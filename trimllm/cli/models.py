@@ -1,59 +1,25 @@
-"""The ``trimllm`` command line. The only module that configures logging.
-
-Each subcommand is a thin wrapper over one library function, so everything the CLI does is also a Python call.
-"""
+"""The model commands: ``info``, ``drop`` (remove blocks or halves and export), ``eval`` (lm-eval) and ``score``
+(every block's contribution)."""
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-def _scorer_names() -> list[str]:
-    """The registered scorers (the files of trimllm/scoring), for the help text."""
-    from trimllm.scoring import SCORERS
-
-    return SCORERS.names()
-
-
-def _plugin_help() -> str:
-    """The registered plug-ins a recipe can name, for `train --help`."""
-    from trimllm.freezing import FREEZING
-    from trimllm.methods import METHODS
-    from trimllm.schedules import SCHEDULES
-
-    return (f"Schedules (schedule.name): {', '.join(SCHEDULES.names())}. Scorers (scoring.scorer): "
-            f"{', '.join(_scorer_names())}. Training methods (lora.method): {', '.join(METHODS.names())}. "
-            f"Freezing (freeze.mode): {', '.join(FREEZING.names())}.")
-
-
-app = typer.Typer(
-    help="Specialize decoder LLMs to a domain while removing the blocks it does not need.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from trimllm.cli.common import (
+    RUNTIMES,
+    DtypeOpt,
+    ModelArg,
+    app,
+    check_output,
+    check_sizes,
+    load_for_cli,
+    parse_indices,
+    scorer_names,
 )
-
-ModelArg = Annotated[
-    str, typer.Argument(help="Packaged name (smollm2-135m, gemma3-270m), local checkpoint dir, .gguf file or hub id.")
-]
-RUNTIMES = ("transformers", "llamacpp")  # what runs the model: transformers, or a GGUF in llama.cpp
-DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")]
-
-
-def _parse_indices(text: str | None, flag: str) -> list[int]:
-    if not text:
-        return []
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated block indices such as 3,13,14; got {text!r}", param_hint=flag) from None
 
 
 @app.command()
@@ -77,12 +43,12 @@ def drop(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Remove blocks (or attention / MLP halves) and export a standard Hugging Face model."""
-    block_ids = _parse_indices(blocks, "--blocks")
-    attn_ids = _parse_indices(attention, "--attention")
-    mlp_ids = _parse_indices(mlp, "--mlp")
+    block_ids = parse_indices(blocks, "--blocks")
+    attn_ids = parse_indices(attention, "--attention")
+    mlp_ids = parse_indices(mlp, "--mlp")
     if not (block_ids or attn_ids or mlp_ids):
         raise typer.BadParameter("nothing to remove: pass --blocks, --attention and/or --mlp", param_hint="--blocks")
-    _check_output(out, overwrite, None, "--out")
+    check_output(out, overwrite, None, "--out")
 
     from trimllm.export import save_compressed
     from trimllm.summary import describe
@@ -136,12 +102,12 @@ def eval_command(
         raise typer.BadParameter(str(err), param_hint="--tasks") from None
     if log_samples and out is None:
         raise typer.BadParameter("--log-samples needs --out", param_hint="--log-samples")
-    _check_sizes([("--batch-size", batch_size, 1), ("--num-fewshot", num_fewshot, 0)])
+    check_sizes([("--batch-size", batch_size, 1), ("--num-fewshot", num_fewshot, 0)])
     if limit is not None and not (limit > 0 and math.isfinite(limit)):
         raise typer.BadParameter(f"--limit must be > 0 (documents per task, or a share if < 1), got {limit}",
                                  param_hint="--limit")
     if out is not None:
-        _check_output(out, False, ("trimllm results", "a trimllm export"), "--out")  # a model folder: into its card
+        check_output(out, False, ("trimllm results", "a trimllm export"), "--out")  # a model folder: into its card
     limit_value = int(limit) if limit is not None and limit >= 1 else limit
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"expected {' or '.join(RUNTIMES)}, got {runtime!r}", param_hint="--runtime")
@@ -165,7 +131,7 @@ def score(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Directory for scores.json, scores.md and scores.png.")],
     data: Annotated[str, typer.Option(help="Calibration data set (train side only), e.g. sciq, financial_phrasebank.")] = "sciq",
-    scorer: Annotated[str, typer.Option(help=f"Comma-separated scorers, of: {', '.join(_scorer_names())}.")] = "block_influence",
+    scorer: Annotated[str, typer.Option(help=f"Comma-separated scorers, of: {', '.join(scorer_names())}.")] = "block_influence",
     granularity: Annotated[str, typer.Option(help="block (whole blocks) or sublayer (attention and MLP halves).")] = "block",
     n_calib: Annotated[int, typer.Option("--n-calib", help="Calibration examples.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the calibration draw (and of the random scorer).")] = 0,
@@ -180,12 +146,12 @@ def score(
     from trimllm.validation import score_option_problems
 
     names = [s for s in scorer.split(",") if s]
-    _check_sizes([("--n-calib", n_calib, 1), ("--batch-size", batch_size, 1), ("--angular-n", angular_n, 1),
+    check_sizes([("--n-calib", n_calib, 1), ("--batch-size", batch_size, 1), ("--angular-n", angular_n, 1),
                   ("--proxy-k", proxy_k, 1)])
     problems = score_option_problems(names, data, granularity, proxy, proxy_k, proxy_fraction)
     if problems:
         raise typer.BadParameter("; ".join(problems), param_hint="--scorer/--data/--granularity")
-    _check_output(out, False, "trimllm scores", "--out")
+    check_output(out, False, "trimllm scores", "--out")
 
     from trimllm.report import write_scores
     from trimllm.scoring import CalibrationSet, run_scorer, scorer_options
@@ -208,134 +174,3 @@ def score(
             "calibration_uids": calibration.uids}
     write_scores(results, meta, out)
     typer.echo(f"Scores written to {out}")
-
-
-def _check_sizes(sizes: list[tuple[str, int | None, int]]) -> None:
-    """Every (flag, value, minimum) at once; None = not given."""
-    problems = [f"{flag} must be >= {low}, got {value}" for flag, value, low in sizes if value is not None and value < low]
-    if problems:
-        raise typer.BadParameter("; ".join(problems), param_hint="options")
-
-
-def _check_output(out: Path, overwrite: bool, own, flag: str, writable_only: bool = False) -> None:
-    from trimllm.outputs import OutputError, check_output, check_writable
-
-    try:
-        check_writable(out) if writable_only else check_output(out, overwrite, own)
-    except OutputError as err:
-        raise typer.BadParameter(str(err), param_hint=flag) from None
-
-
-def load_for_cli(spec: str, dtype: str, device: str | None = None):
-    """``load_model`` with its errors turned into a one-line CLI error."""
-    from trimllm.architectures import UnsupportedArchitectureError, get_arch
-    from trimllm.modeling import ModelLoadError, load_model
-
-    try:
-        model, tokenizer = load_model(spec, dtype=dtype, device=device)
-        get_arch(model)
-    except (ModelLoadError, UnsupportedArchitectureError, ValueError) as err:
-        raise typer.BadParameter(str(err), param_hint="MODEL") from None
-    return model, tokenizer
-
-
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/smoke.yaml.")]
-OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4 output_dir=/tmp/run.")]
-
-
-def _recipe_or_exit(recipe: Path, overrides: list[str] | None):
-    from trimllm.config import RecipeError, load_recipe
-
-    try:
-        return load_recipe(recipe, overrides or [])
-    except RecipeError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-
-
-@app.command()
-def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
-    """Check a recipe (all problems at once) without loading a model."""
-    from trimllm.config import to_yaml
-
-    resolved = _recipe_or_exit(recipe, overrides)
-    typer.echo(to_yaml(resolved))
-    typer.echo(f"{recipe}: OK")
-
-
-@app.command(epilog=_plugin_help())
-def train(
-    recipe: RecipeArg,
-    overrides: OverridesArg = None,
-    overwrite: Annotated[bool, typer.Option(help="Start afresh: replace output_dir if it holds a trimllm run (never a "
-                                                   "folder with other files); without it, a run of the same recipe "
-                                                   "there resumes.")] = False,
-) -> None:
-    """Progressive layer-dropping fine-tuning: score, drop, train (LoRA) and export, stage by stage.
-
-    Rerunning the same command on the same output_dir resumes the run where it stopped (completed stages are kept,
-    the running stage continues from its last Trainer checkpoint); a different recipe there is refused."""
-    from trimllm.config import to_yaml
-    from trimllm.distributed import is_main
-    from trimllm.pipeline import run
-
-    resolved = _recipe_or_exit(recipe, overrides)
-    if is_main():
-        typer.echo(to_yaml(resolved))
-    from trimllm.outputs import OutputError
-    from trimllm.report import run_summary
-
-    started = time.perf_counter()
-    try:
-        plan = run(resolved, overwrite=overwrite)
-    except (FileExistsError, OutputError) as err:
-        raise typer.BadParameter(str(err), param_hint="output_dir") from None
-    except KeyboardInterrupt:
-        if is_main():
-            typer.echo(f"\nInterrupted. Completed stages and checkpoints are kept in {resolved.output_dir}: rerun the "
-                       "same command to resume.", err=True)
-        raise typer.Exit(130) from None
-    if is_main():
-        typer.echo(run_summary(plan, resolved.output_dir, time.perf_counter() - started))
-
-
-def main() -> None:
-    # Keep Hugging Face caches inside trimllm's cache unless the user chose otherwise (set before transformers loads).
-    from trimllm.modeling import cache_root
-
-    os.environ.setdefault("HF_HOME", str(cache_root() / "huggingface"))
-    # Under torchrun only rank 0 logs progress; the other ranks report warnings and errors.
-    from trimllm.distributed import is_main
-
-    level = os.environ.get("TRIMLLM_LOG_LEVEL", "INFO") if is_main() else "WARNING"
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # bitsandbytes warns at import that an optional CPU kernel package is missing; its fallback works (QLoRA tests).
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    from trimllm.validation import user_errors
-
-    try:
-        app()
-    except (SystemExit, KeyboardInterrupt):
-        # Every command ends in SystemExit (typer's standalone mode): re-raised here before the clause below is
-        # evaluated, which imports the modules whose errors it names (the Trainer among them: 3 s at every exit).
-        raise
-    except user_errors() as err:  # a mistake in what was given: one message, no traceback
-        if os.environ.get("TRIMLLM_DEBUG"):
-            raise
-        typer.echo(f"Error: {err}\n(set TRIMLLM_DEBUG=1 to see the traceback)", err=True)
-        raise SystemExit(2) from None
-    except OSError as err:
-        from trimllm.outputs import disk_message
-
-        message = disk_message(err)
-        if message is None or os.environ.get("TRIMLLM_DEBUG"):
-            raise
-        typer.echo(f"Error: {message}", err=True)
-        raise SystemExit(2) from None
-
-
-# The deployment commands (`export`, `bench`) live in their own module; importing it registers them on `app`.
-from trimllm import cli_deploy  # noqa: E402,F401
-
-if __name__ == "__main__":
-    main()
