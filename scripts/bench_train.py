@@ -33,12 +33,14 @@ from pathlib import Path
 
 from _common import (
     ROOT,
+    TimingNoise,
     command_line,
     environment,
     environment_line,
     mcnemar_exact,
     parser,
     publish,
+    timing_line,
     write_json,
     write_section,
 )
@@ -52,7 +54,9 @@ from trimllm.pld import keep_probability
 from trimllm.prompts import mc_item
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.sft import sft_examples
-from trimllm.surgery import drop_blocks
+from trimllm.stages import StageFiles, stage_spec
+from trimllm.surgery import drop_blocks, get_plan
+from trimllm.timing import ratio_columns, round_ratios, spread, with_range
 from trimllm.training import train_stage
 
 SECTIONS = {"throughput": "Training throughput and Progressive Layer Dropping",
@@ -73,11 +77,14 @@ class StepTimer(TrainerCallback):
 
 
 def timed_stage(model, tokenizer, examples, recipe: Recipe, teacher=None):
-    """Train a copy of ``model`` for one stage; (trained model, seconds of each optimizer step, stage stats)."""
+    """Train a copy of ``model`` for one stage (stage 0's training, the adapter of a pruned model where it is one);
+    (trained model, seconds of each optimizer step, stage stats)."""
     timer = StepTimer()
+    spec = stage_spec(recipe, 0, get_plan(model).pruned)
     with tempfile.TemporaryDirectory() as work:
-        trained, stats = train_stage(copy.deepcopy(model), tokenizer, examples, recipe, Path(work) / "stage", 0,
-                                     Path(work) / "metrics.jsonl", extra_callbacks=[timer], teacher=teacher)
+        trained, stats = train_stage(copy.deepcopy(model), tokenizer, examples, recipe, spec,
+                                     StageFiles(Path(work) / "stage", Path(work) / "metrics.jsonl"),
+                                     extra_callbacks=[timer], teacher=teacher)
     return trained, timer.seconds, stats
 
 
@@ -86,6 +93,12 @@ def removal_order(model, tokenizer, task: str, calibration_records: list, max_le
     calibration = CalibrationSet(task, [mc_item(task, r) for r in calibration_records], 0)
     ranked = run_scorer("block_influence", model, tokenizer, calibration, granularity="block", max_length=max_length)
     return [int(c.split(".")[1]) for c, _ in ranked.ranked()]
+
+
+def seconds_columns(name: str, values: list[float], digits: int) -> dict:
+    """A figure's median over the rounds and its ``_range``."""
+    s = spread(values)
+    return {name: round(s["median"], digits), f"{name}_range": [round(s["min"], digits), round(s["max"], digits)]}
 
 
 def seconds_per_step(model, tokenizer, examples, recipe: Recipe, warmup: int) -> float:
@@ -108,7 +121,8 @@ def training_parser(doc: str, section: str | None, steps: int):
 def main() -> None:
     options = training_parser(__doc__, None, steps=12)
     options.add_argument("--removed", default="0,4,8,12,15", help="blocks removed, one configuration each")
-    options.add_argument("--repeats", type=int, default=3, help="PLD on/off pairs")
+    options.add_argument("--repeats", type=int, default=3,
+                         help="rounds over the depths (each depth once per round) and PLD on/off pairs")
     options.add_argument("--theta-bar", type=float, default=0.5)
     options.add_argument("--pld-gamma", type=float, default=10.0)
     options.add_argument("--part", choices=sorted(SECTIONS), default="throughput",
@@ -124,6 +138,29 @@ def main() -> None:
         write_section(ROOT / "BENCHMARKS.md", args.section, render(json.loads(args.out.read_text())))
         return
     {"throughput": throughput, "length_grouping": length_grouping}[args.part](args)
+
+
+def depth_rounds(model, tokenizer, examples, order: list[int], recipe: Recipe, args) -> tuple[list[dict], dict]:
+    """Seconds per step with each ``--removed`` count of blocks removed (in ``order``), ``--repeats`` rounds over
+    all depths in turn, so drifts of the machine hit all alike: (a row per depth, each depth's seconds per round)."""
+    tokens_per_sample = statistics.mean(len(e["input_ids"]) for e in examples)
+    trimmed = {}
+    for removed in (int(x) for x in args.removed.split(",")):
+        trimmed[removed] = copy.deepcopy(model)
+        if removed:
+            drop_blocks(trimmed[removed], order[:removed])
+    seconds = {removed: [] for removed in trimmed}
+    for repeat in range(args.repeats):
+        for removed, m in trimmed.items():
+            seconds[removed].append(seconds_per_step(m, tokenizer, examples, recipe, args.warmup))
+            print({"round": repeat + 1, "removed": removed, "s_per_step": round(seconds[removed][-1], 3)}, flush=True)
+    base = seconds[min(trimmed)]
+    depths = [{"removed": removed, "blocks": m.config.num_hidden_layers,
+               **seconds_columns("s_per_step", seconds[removed], 3),
+               **seconds_columns("tokens_per_s", [args.batch_size * tokens_per_sample / x for x in seconds[removed]], 1),
+               **ratio_columns("time_ratio", round_ratios(seconds[removed], base))}
+              for removed, m in trimmed.items()]
+    return depths, seconds
 
 
 def throughput(args) -> None:
@@ -142,40 +179,32 @@ def throughput(args) -> None:
         r.pld.enabled, r.pld.theta_bar, r.pld.gamma = pld, args.theta_bar, args.pld_gamma
         return r
 
-    depths = []
-    base_seconds = None
-    for removed in (int(x) for x in args.removed.split(",")):
-        trimmed = copy.deepcopy(model)
-        if removed:
-            drop_blocks(trimmed, order[:removed])
-        seconds = seconds_per_step(trimmed, tokenizer, examples, recipe(False), args.warmup)
-        base_seconds = base_seconds or seconds
-        depths.append({"removed": removed, "blocks": trimmed.config.num_hidden_layers,
-                       "s_per_step": round(seconds, 3),
-                       "tokens_per_s": round(args.batch_size * tokens_per_sample / seconds, 1),
-                       "time_ratio": round(seconds / base_seconds, 3)})
-        print(depths[-1], flush=True)
-        del trimmed
-
+    noise = TimingNoise().start()
+    depths, seconds = depth_rounds(model, tokenizer, examples, order, recipe(False), args)
     off, on = [], []
     for repeat in range(args.repeats):  # alternate, so drifts of the machine hit both alike
         off.append(seconds_per_step(model, tokenizer, examples, recipe(False, repeat), args.warmup))
         on.append(seconds_per_step(model, tokenizer, examples, recipe(True, repeat), args.warmup))
         print({"pld_off_s": off[-1], "pld_on_s": on[-1]}, flush=True)
+    rounds = {f"{removed} removed steps/s": [1 / x for x in values] for removed, values in seconds.items()}
+    noise = noise.verdict({**rounds, "PLD off steps/s": [1 / x for x in off], "PLD on steps/s": [1 / x for x in on]})
     layers = model.config.num_hidden_layers
     expected_keep = statistics.mean(keep_probability(depth, layers, args.theta_bar) for depth in range(1, layers + 1))
     off_s, on_s = statistics.median(off), statistics.median(on)
     figures = {
         "pld_time_per_sample_ratio": round(on_s / off_s, 3),
+        # each on/off pair ran back to back: the ratio per pair, with its range
+        "pld_pair_ratio_range": ratio_columns("r", round_ratios(on, off))["r_range"],
         "pld_off_s_per_sample": round(off_s / args.batch_size, 4),
         "pld_on_s_per_sample": round(on_s / args.batch_size, 4),
         "pld_expected_keep_fraction": round(expected_keep, 3),
         "pld_runs": {"off": [round(x, 3) for x in off], "on": [round(x, 3) for x in on]},
         "depths": depths,
+        "noise": noise,
         "setup": {
             "model": args.model, "data": args.data, "examples": len(examples),
             "tokens_per_sample": round(tokens_per_sample, 1), "batch_size": args.batch_size, "steps": args.steps,
-            "warmup": args.warmup, "theta_bar": args.theta_bar, "pld_gamma": args.pld_gamma, "lora": "r=8, all-linear",
+            "warmup": args.warmup, "repeats": args.repeats, "theta_bar": args.theta_bar, "pld_gamma": args.pld_gamma, "lora": "r=8, all-linear",
             **environment(model),
             "command": command_line("bench_train.py", args),
         },
@@ -288,20 +317,25 @@ def markdown(f: dict) -> str:
         "",
         f"LoRA ({s['lora']}) fine-tuning of {s['model']} on {s['examples']} {s['data']} train-side examples "
         f"(mean {s['tokens_per_sample']} tokens), batch {s['batch_size']}, mean of {s['steps']} steps after "
-        f"{s['warmup']} warm-up steps; blocks removed in block_influence order:",
+        f"{s['warmup']} warm-up steps; blocks removed in block_influence order"
+        + (f"; median (min–max) of {s['repeats']} rounds, each running every depth in turn, the time ratio per round. "
+           f"{timing_line(f['noise'])}" if "noise" in f else "") + ":",
         "",
         "| blocks removed | blocks | s / step | tokens / s | time vs full depth |",
         "|---|---|---|---|---|",
     ]
     for d in f["depths"]:
-        lines.append(f"| {d['removed']} | {d['blocks']} | {d['s_per_step']} | {d['tokens_per_s']} | {d['time_ratio']}x |")
+        lines.append(f"| {d['removed']} | {d['blocks']} | {with_range(d, 's_per_step', 3)} | "
+                     f"{with_range(d, 'tokens_per_s')} | {with_range(d, 'time_ratio', 3, 'x')} |")
     ok = f["pld_time_per_sample_ratio"] <= 0.8
     lines += [
         "",
         f"Progressive Layer Dropping (theta_bar = {s['theta_bar']}, gamma = {s['pld_gamma']}: the steady state), "
         f"full depth, {len(f['pld_runs']['on'])} alternating on/off pairs: "
         f"{f['pld_on_s_per_sample']} s vs {f['pld_off_s_per_sample']} s per sample, "
-        f"**{f['pld_time_per_sample_ratio']}x** the time per sample (expected fraction of blocks run: "
+        f"**{f['pld_time_per_sample_ratio']}x** the time per sample"
+        + (" (per pair {:.3f}–{:.3f})".format(*f["pld_pair_ratio_range"]) if "pld_pair_ratio_range" in f else "")
+        + " (expected fraction of blocks run: "
         f"{f['pld_expected_keep_fraction']}). Target <= 0.8x: {'met' if ok else 'NOT met'}.",
     ]
     return "\n".join(lines)

@@ -59,13 +59,13 @@ from _common import (
 )
 from _study_check import lm_eval_check, lm_eval_lines, record_key, run_folder
 
-from trimllm.config import load_recipe
 from trimllm.data import load_side
 from trimllm.evaluation import domain_scores, evaluate
 from trimllm.modeling import load_model
 from trimllm.multiple_choice import mc_correct
 from trimllm.pipeline import run
 from trimllm.prompts import mc_item
+from trimllm.validation import load_recipe
 
 N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000}  # the minimum train-side examples: one epoch each
 MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512}  # SciQ's support paragraphs run to ~400 tokens

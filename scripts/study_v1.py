@@ -47,10 +47,10 @@ from _common import (
     write_section,
 )
 
-from trimllm.config import load_recipe
 from trimllm.evaluation import domain_scores, evaluate
 from trimllm.modeling import load_model
 from trimllm.pipeline import run
+from trimllm.validation import load_recipe
 
 EVAL_TASK = {"sciq": "trimllm_sciq", "financial_phrasebank": "trimllm_fpb"}
 

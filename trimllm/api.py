@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from trimllm.config import Recipe, load_recipe
+from trimllm.config import Recipe
+from trimllm.validation import load_recipe
 
 
 def train(recipe: str | Path | Recipe | None = None, *, overwrite: bool = False, **overrides) -> dict:
@@ -22,7 +23,7 @@ def train(recipe: str | Path | Recipe | None = None, *, overwrite: bool = False,
 
     Raises:
         TypeError: ``recipe`` is not a path, a Recipe or None; ``overwrite`` is not a bool.
-        trimllm.config.RecipeError: the recipe, with the overrides, has problems (all listed).
+        trimllm.errors.RecipeError: the recipe, with the overrides, has problems (all listed).
     """
     from trimllm.pipeline import run
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from trimllm.errors import UnsupportedArchitectureError  # noqa: F401  (raised here; re-exported)
 from trimllm.registry import did_you_mean
 
 
@@ -69,10 +70,6 @@ _ROWS = [
 ]
 
 ARCHITECTURES: dict[str, ArchSpec] = {row.model_type: row for row in _ROWS}
-
-
-class UnsupportedArchitectureError(ValueError):
-    """Raised for a model family that has no row in :data:`ARCHITECTURES`."""
 
 
 def get_arch(model_or_type: nn.Module | str) -> ArchSpec:

@@ -1,8 +1,10 @@
-"""The recipe: typed config that mirrors the YAML files in ``recipes/``.
+"""The recipe: typed config that mirrors the YAML files in ``recipes/``, and its parsing.
 
-Precedence: ``key=value`` overrides on the command line > the YAML file > the defaults below. :func:`validate`
-reports every problem at once (unknown keys with "did you mean", wrong types, impossible ratios, data that would
-put test items into training or calibration, missing data files) before any model is loaded.
+Precedence: ``key=value`` overrides on the command line > the YAML file > the defaults below. :func:`parse_recipe`
+reports the problems of the recipe's shape (unknown keys with "did you mean", wrong types);
+:func:`trimllm.validation.load_recipe` parses, resolves the schedule-dependent defaults and adds every check of the
+values (impossible ratios, data that would put test items into training or calibration, missing data files),
+all before any model is loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from trimllm.errors import RecipeError  # noqa: F401  (raised here; re-exported)
 from trimllm.registry import did_you_mean
 
 
@@ -30,7 +33,9 @@ class DataConfig:
     # Your own data (README "Bring your own data"; source, when set, replaces task). The keys read like an lm-eval task
     # YAML: Jinja templates over each record, as lm-eval renders them. Relative paths are read from the working
     # directory; $VARS expand ($TRIMLLM_DATA_DIR defaults to the bundled data folder).
-    source: str | None = None  # a .jsonl / .json / .csv / .parquet file, a folder of them, or a datasets hub id
+    # a .jsonl / .json / .csv / .parquet file, a folder of them, a datasets hub id, or a mapping of split to file
+    # ({train: a.jsonl, test: b.jsonl}: datasets' data_files; read as data.splits over the files' folder)
+    source: str | dict | None = None
     name: str | None = None  # the data set's task name (eval.tasks, lm-eval); default: the source's file stem
     format: str = "multiple_choice"  # multiple_choice, completion (prompt -> target text) or text (plain corpus)
     doc_to_text: str | None = None  # the prompt template (multiple_choice, completion)
@@ -189,51 +194,14 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-class RecipeError(ValueError):
-    """A recipe with problems; ``problems`` lists every one."""
-
-    def __init__(self, problems: list[str], source: str = "recipe"):
-        self.problems = problems
-        super().__init__(f"{source} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply ``key=value`` overrides, validate; raise :class:`RecipeError` listing all problems."""
-    raw: dict = {}
-    source = "recipe"
-    if path is not None:
-        source = str(path)
-        if not Path(path).is_file():
-            raise RecipeError([f"recipe file {path} not found"], source)
-        raw = read_yaml(Path(path))
-    problems: list[str] = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            problems.append(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
-            continue
-        try:
-            _set_dotted(raw, key.strip(), yaml.safe_load(value))
-        except yaml.YAMLError:
-            problems.append(f"override {item!r}: the value is not valid YAML (quote it, e.g. {key}='{value}')")
-    recipe = resolve_defaults(_build(Recipe, raw, "", problems))
-    from trimllm.validation import (
-        semantic_problems,  # the checks import the registries, which import this module
-    )
-
-    problems += semantic_problems(recipe)
-    if problems:
-        raise RecipeError(problems, source)
-    return recipe
-
-
-def resolve_defaults(recipe: Recipe) -> Recipe:
-    """Fill in the settings whose default depends on the schedule, so that resolved.yaml names what runs."""
-    if recipe.scoring.order is None:
-        # Study v2 (BENCHMARKS.md): at 50 % removed, progressive re-scored reached 0.405 on SciQ, with a fixed order
-        # 0.682. The other schedules keep v0.1's value, so that their runs saved before resume unchanged.
-        recipe.scoring.order = "fixed" if recipe.schedule.name == "progressive" else "rescore"
-    return recipe
+# Run options: how a run is carried out and logged, not what it computes. They are outside the run's identity, so
+# a killed run resumes after they change (rundir._changed); everything else names the method and its data.
+RUN_OPTIONS = frozenset({
+    "output_dir",
+    "train.logging_steps", "train.report_to", "train.save_steps",  # logging, trackers, checkpoint cadence
+    "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
+    "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
+})
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -323,6 +291,30 @@ def _type_ok(value, hint) -> bool:
 
 def _type_name(hint) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse_recipe(path: str | Path | None, overrides: list[str] = ()) -> tuple[Recipe, list[str], str]:
+    """Read a YAML recipe and apply ``key=value`` overrides: (the typed recipe, the problems of its shape (unknown
+    keys, wrong types, bad overrides), the source's name). A missing or unreadable file raises :class:`RecipeError`.
+    The checks of its values are :func:`trimllm.validation.load_recipe`'s."""
+    raw: dict = {}
+    source = "recipe"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise RecipeError([f"recipe file {path} not found"], source)
+        raw = read_yaml(Path(path))
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            problems.append(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+            continue
+        try:
+            _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        except yaml.YAMLError:
+            problems.append(f"override {item!r}: the value is not valid YAML (quote it, e.g. {key}='{value}')")
+    return _build(Recipe, raw, "", problems), problems, source
 
 
 def to_yaml(recipe: Recipe) -> str:

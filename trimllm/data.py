@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from trimllm.errors import DataFormatError, DataNotFoundError  # noqa: F401  (raised here; re-exported)
 from trimllm.registry import did_you_mean
 
 DATA_ENV = "TRIMLLM_DATA_DIR"
@@ -72,14 +73,6 @@ DATASETS: dict[str, DatasetSpec] = {
     "boolq": DatasetSpec("boolq", test=("validation",)),
     "winogrande": DatasetSpec("winogrande", test=("validation",)),
 }
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A bundled data file is missing; the message names the path tried and the variable to set."""
-
-
-class DataFormatError(ValueError):
-    """A data file that cannot be read as records; the message names the file and line."""
 
 
 def data_dir() -> Path:

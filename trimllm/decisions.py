@@ -12,7 +12,7 @@ from torch import nn
 from trimllm import stop
 from trimllm.config import Recipe
 from trimllm.freezing import FreezeContext, blocks_to_freeze
-from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.schedules import SCHEDULES, Decision, StageContext, schedule_facts
 from trimllm.scoring import CalibrationSet, ScoreResult, run_scorer, scorer_options
 from trimllm.surgery import get_plan
 
@@ -34,9 +34,20 @@ def schedule_decision(inputs: Inputs, stage: int) -> Decision:
     budget = stop.budget(get_plan(inputs.model), recipe.stop, granularity(recipe))
     context = StageContext(stage, inputs.model, inputs.tokenizer, inputs.calibration, recipe, budget,
                            lambda units, scorer=None: score(inputs, units, scorer), inputs.first_scores)
+    return SCHEDULES.get(recipe.schedule.name)(context, **schedule_options(recipe))
+
+
+def schedule_options(recipe: Recipe) -> dict:
+    """The recipe's settings that its schedule takes (``schedule.per_stage``, ``scoring.order``); the checks refuse
+    a setting given to a schedule that does not take it (:func:`trimllm.validation.load_recipe`)."""
     settings = {"per_stage": recipe.schedule.per_stage, "order": recipe.scoring.order}
-    options = {k: v for k, v in settings.items() if k in SCHEDULES.options(recipe.schedule.name)}
-    return SCHEDULES.get(recipe.schedule.name)(context, **options)
+    return {k: v for k, v in settings.items() if k in SCHEDULES.options(recipe.schedule.name)}
+
+
+def expected_stages(recipe: Recipe, model: nn.Module, completed: int) -> int | None:
+    """About how many stages the run will have (its progress lines): :func:`trimllm.stop.expected_stages`."""
+    return stop.expected_stages(recipe.schedule.name, recipe.schedule.per_stage, get_plan(model), recipe.stop,
+                                granularity(recipe), completed)
 
 
 def frozen_blocks(inputs: Inputs, stage: int) -> list[int]:
@@ -49,7 +60,7 @@ def frozen_blocks(inputs: Inputs, stage: int) -> list[int]:
 
 def granularity(recipe: Recipe) -> str:
     """The units the stop rules count: the schedule's own (TrimLLM removes halves), else the recipe's."""
-    return getattr(SCHEDULES.get(recipe.schedule.name), "granularity", recipe.scoring.granularity)
+    return schedule_facts(recipe.schedule.name).granularity or recipe.scoring.granularity
 
 
 def score(inputs: Inputs, units: str, scorer: str | None = None) -> ScoreResult:

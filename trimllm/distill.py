@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trimllm.architectures import get_layers, unwrap
+from trimllm.layout import RunDir
 from trimllm.surgery import get_plan
 
 
@@ -111,7 +112,7 @@ def teacher_source(teacher: str, stage: int, out, base: str):
     """Where the teacher of ``stage`` comes from: ``stage0`` = the run's own ``stage_00`` export (none for stage
     0, which trains it), ``base`` = the recipe's model, anything else a model path or spec."""
     if teacher == "stage0":
-        return None if stage == 0 else out / "stage_00"
+        return None if stage == 0 else RunDir(out).stage(0)
     return base if teacher == "base" else teacher
 
 

@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 
 from trimllm.atomic import die_with_parent, remove_stale_siblings, temp_prefix
+from trimllm.errors import ConversionError, ToolingMissing  # noqa: F401  (raised here; re-exported)
+from trimllm.layout import RunDir
 from trimllm.outputs import OutputError
 from trimllm.timing import allowed_cores
 
@@ -37,14 +39,6 @@ logger = logging.getLogger(__name__)
 # The llama_ftype of each --quant (llama.h); f16 is the converter's own output type.
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}
 MARK = "trimllm.version"  # metadata key on every GGUF trimllm writes
-
-
-class ToolingMissing(RuntimeError):
-    """llama.cpp's converter or the llama-cpp-python binding is not installed (``make setup`` installs both)."""
-
-
-class ConversionError(RuntimeError):
-    """llama.cpp's converter or quantizer failed on a model; the message carries its last output lines."""
 
 
 def tooling_dir() -> Path:
@@ -79,7 +73,7 @@ def model_folder(spec: str | Path) -> Path:
     if str(spec) in PACKAGED_MODELS:
         return convert_packaged(str(spec))
     path = Path(spec).expanduser()
-    for folder in (path / "final", path):
+    for folder in (RunDir(path).final, path):
         if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
             return folder
     raise ModelLoadError(

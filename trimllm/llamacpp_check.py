@@ -23,7 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trimllm.gguf import QUANTS, ConversionError, ToolingMissing, quantize
+from trimllm.errors import ConversionError, LlamaCppCrash  # noqa: F401  (raised here; re-exported)
+from trimllm.gguf import QUANTS, quantize
 from trimllm.timing import allowed_cores
 
 # What the child runs: import the binding only (no torch: it starts in a fraction of a second), print the build's
@@ -47,10 +48,6 @@ CPUINFO_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", 
 REBUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/pip install --force-reinstall --no-deps --no-cache-dir '
            '--no-binary llama-cpp-python llama-cpp-python=={version}')  # the version installed (the Makefile's pin)
 CHECKED_ENV = "TRIMLLM_LLAMACPP_CHECKED"  # the tensor-type sets already verified, inherited by child processes
-
-
-class LlamaCppCrash(ToolingMissing):
-    """The installed llama.cpp dies (a signal, not an error) running a GGUF's tensor types on this CPU."""
 
 
 def tensor_types(path: str | Path) -> str:

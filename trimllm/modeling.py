@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from trimllm.errors import ModelLoadError  # noqa: F401  (raised here; re-exported)
 from trimllm.plan import PLAN_FILE, Plan
 from trimllm.registry import did_you_mean
 
@@ -58,10 +59,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         license="gemma",
     ),
 }
-
-
-class ModelLoadError(RuntimeError):
-    """A model spec that could not be resolved or loaded; the message says what was tried."""
 
 
 def cache_root() -> Path:

@@ -12,17 +12,19 @@ import os
 import re
 from pathlib import Path
 
+from trimllm import layout as run_layout
 from trimllm.atomic import TEMP_NAME
+from trimllm.errors import OutputError  # noqa: F401  (raised here; re-exported)
 from trimllm.plan import PLAN_FILE
 
 # What each kind of output folder holds, recursively: for each name at its top level, "file" (a file trimllm writes),
 # another kind (a subfolder of that kind, checked the same way) or "any" (trimllm's own working folders: the
 # Trainer's checkpoints, TensorBoard event files, a killed write's temporary sibling). The first name is the marker.
 _TMP = TEMP_NAME.pattern
-_RUN = {"resolved.yaml": "file", "run.json": "file", PLAN_FILE: "file", "metrics.jsonl": "file", "report.md": "file",
-        "loss.png": "file", "accuracy.png": "file", "final": "a trimllm export", r"stage_\d+": "a trimllm export",
-        "final_eval": "trimllm results", "tasks": "trimllm tasks", ".trainer": "any", "tensorboard": "any", _TMP: "any",
-        ".lock": "file"}
+_RUN = {run_layout.RESOLVED: "file", run_layout.RUN_FILE: "file", PLAN_FILE: "file", run_layout.METRICS: "file",
+        run_layout.REPORT: "file", **{plot: "file" for plot in run_layout.PLOTS}, run_layout.FINAL: "a trimllm export",
+        run_layout.STAGE_PATTERN: "a trimllm export", run_layout.FINAL_EVAL: "trimllm results", run_layout.TASKS: "trimllm tasks",
+        run_layout.TRAINER: "any", run_layout.TENSORBOARD: "any", _TMP: "any", run_layout.LOCK: "file"}
 _EXPORT = {name: "file" for name in (
     PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -51,10 +53,6 @@ def foreign_paths(folder: Path, kind: str) -> list[str]:
         elif rule in _LAYOUTS:
             found += [f"{path.name}/{inner}" for inner in foreign_paths(path, rule)] if path.is_dir() else [path.name]
     return found
-
-
-class OutputError(ValueError):
-    """An output folder that cannot be used (or replaced) as asked; the message says what is there."""
 
 
 def kind_of(folder: Path) -> str | None:

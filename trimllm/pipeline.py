@@ -27,20 +27,22 @@ from trimllm import stop
 from trimllm.architectures import get_arch
 from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import Recipe, RecipeError
-from trimllm.decisions import Inputs, frozen_blocks, granularity, schedule_decision
+from trimllm.decisions import Inputs, expected_stages, frozen_blocks, granularity, schedule_decision
 from trimllm.distill import load_teacher, teacher_source
 from trimllm.distributed import barrier, init, is_main, on_main, world_size
 from trimllm.export import cast_export, save_compressed
 from trimllm.formats import data_name, training_data, validation_metric, write_task
 from trimllm.freezing import chooses_anew
+from trimllm.layout import RunDir, stage_name
 from trimllm.modeling import load_model
 from trimllm.plan import count_parameters
 from trimllm.prompts import MCItem
 from trimllm.records import RunFile, StagePlan, StageRecord
 from trimllm.report import progress_line, stage_line, stage_plots, stage_report, throughput_line
-from trimllm.rundir import check_data, data_fingerprint, prepare, trainer_dir, unlock
+from trimllm.rundir import check_data, data_fingerprint, prepare, unlock
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
+from trimllm.stages import StageFiles, StageSpec, stage_spec
 from trimllm.surgery import freeze_blocks, get_plan
 from trimllm.training import StageStats, peak_memory_mb, train_stage
 from trimllm.validation import target_module_problems
@@ -81,8 +83,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> dict:
 def _run(recipe: Recipe, overwrite: bool) -> dict:
     started = time.perf_counter()
     state = setup(recipe, overwrite)
-    expected = stop.expected_stages(recipe.schedule.name, recipe.schedule.per_stage, get_plan(state.model),
-                                    recipe.stop, granularity(recipe), len(state.run.stages))
+    expected = expected_stages(recipe, state.model, len(state.run.stages))
     if state.run.final is None:
         while not (state.run.stages and state.run.stages[-1].last):
             plan = state.run.running or decide(state, len(state.run.stages))
@@ -93,7 +94,7 @@ def _run(recipe: Recipe, overwrite: bool) -> dict:
             state.run.running = None
             write_run_file(state)
             if is_main():
-                shutil.rmtree(trainer_dir(state.out, record.stage), ignore_errors=True)
+                shutil.rmtree(RunDir(state.out).trainer(record.stage), ignore_errors=True)
                 tidy_stages(state)
                 logger.info(stage_line(record, world_size()))
                 logger.info(progress_line(len(state.run.stages), expected, time.perf_counter() - started))
@@ -124,7 +125,7 @@ def setup(recipe: Recipe, overwrite: bool) -> RunState:
     if previous:
         check_data(out, previous.data, fingerprint)  # before anything is rewritten
     if recipe.data.source and is_main():  # the user's data set as an lm-eval task (eval.tasks, plain lm_eval)
-        write_task(recipe.data, out / "tasks")
+        write_task(recipe.data, RunDir(out).tasks)
     calibration = CalibrationSet(data_name(recipe.data), data.calibration, recipe.data.seed)
     plan = get_plan(model)
     run_file = previous or RunFile(recipe.to_dict(), plan.base_model, plan.num_layers, plan.params_original)
@@ -170,28 +171,33 @@ def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
         freeze_blocks(state.model, plan.frozen)
     state.run.running = plan
     write_run_file(state)
-    started, steps = time.perf_counter(), stage_steps(recipe, plan)
-    if steps:
-        state.model, trained = train_stage(state.model, state.tokenizer, state.train_examples, recipe,
-                                           trainer_dir(state.out, plan.stage), plan.stage, state.out / "metrics.jsonl",
-                                           resume=resume, steps=steps, teacher=teacher(state, plan.stage))
+    # the stage's training, from the recipe and the steps the completed stages recorded (trimllm.stages)
+    spec = stage_spec(recipe, plan.stage, get_plan(state.model).pruned, plan.last and bool(plan.dropped),
+                      state.run.stages)
+    files = RunDir(state.out)
+    started = time.perf_counter()
+    if spec.steps:
+        state.model, trained = train_stage(state.model, state.tokenizer, state.train_examples, recipe, spec,
+                                           StageFiles(files.trainer(plan.stage), files.metrics,
+                                                      files.tensorboard(plan.stage), resume),
+                                           teacher=teacher(state, plan.stage))
     else:  # train.stage0_steps = 0: the model given is stage 0's model
         trained = StageStats(0, 0, 0.0, peak_memory_mb())
     training_s = time.perf_counter() - started
     started = time.perf_counter()
     val_acc = on_main(validation_metric, state.metric, state.model, state.tokenizer, state.validation,
                       recipe.scoring.batch_size, recipe.data.max_length)
-    record = _record(state, plan, trained, val_acc, training_s, time.perf_counter() - started)
+    record = _record(state, plan, spec, trained, val_acc, training_s, time.perf_counter() - started)
     if is_main():
         card = f"## trimllm run\n\nStage {plan.stage}: validation {state.metric} {val_acc:.4f} on {data_name(recipe.data)}."
-        save_compressed(state.model, state.tokenizer, state.out / record.dir, overwrite=True, extra_card=card,
+        save_compressed(state.model, state.tokenizer, files.root / record.dir, overwrite=True, extra_card=card,
                         recipe=state.recipe.to_dict())
     barrier()
     return record
 
 
-def _record(state: RunState, plan: StagePlan, trained: StageStats, val_acc: float, training_s: float,
-            evaluation_s: float) -> StageRecord:
+def _record(state: RunState, plan: StagePlan, spec: StageSpec, trained: StageStats, val_acc: float,
+            training_s: float, evaluation_s: float) -> StageRecord:
     """The completed stage's record; ``last`` when the schedule said so or a stop rule ends the run here."""
     structure, params = get_plan(state.model), count_parameters(state.model)
     record = StageRecord(
@@ -201,7 +207,7 @@ def _record(state: RunState, plan: StagePlan, trained: StageStats, val_acc: floa
         seconds={"scoring": round(plan.scoring_s, 2), "training": round(training_s, 2),
                  "evaluation": round(evaluation_s, 2)},
         tokens={"real": trained.tokens_real, "padded": trained.tokens_padded},
-        peak_memory_mb=round(trained.peak_memory_mb, 1), dir=f"stage_{plan.stage:02d}", last=False)
+        peak_memory_mb=round(trained.peak_memory_mb, 1), dir=stage_name(plan.stage), last=False, steps=spec.steps)
     last = stop.is_last([*state.run.stages, record], structure, params, state.recipe.stop,
                         granularity(state.recipe), plan.last)
     return dataclasses.replace(record, last=last)
@@ -216,15 +222,6 @@ def teacher(state: RunState, stage: int) -> nn.Module | None:
         dtype = state.recipe.model.dtype if cfg.teacher_dtype == "auto" else cfg.teacher_dtype
         state.teacher = load_teacher(source, state.model, dtype)
     return state.teacher if source is not None else None
-
-
-def stage_steps(recipe: Recipe, plan: StagePlan) -> int:
-    """Training steps of a stage: ``train.stage0_steps`` for stage 0 and ``train.final_stage_steps`` for the stage
-    after the last removal, where set."""
-    cfg = recipe.train
-    if plan.stage == 0 and cfg.stage0_steps is not None:
-        return cfg.stage0_steps
-    return cfg.final_stage_steps if cfg.final_stage_steps and plan.last and plan.dropped else cfg.steps_per_stage
 
 
 def tidy_stages(state: RunState) -> None:
@@ -256,19 +253,20 @@ def finish(state: RunState) -> None:
         if dtype != "auto":
             cast_export(tmp, dtype)
 
-    atomic_directory(state.out / "final", write_final)
-    shutil.rmtree(state.out / ".trainer", ignore_errors=True)
-    write_text_atomic(state.out / "report.md", stage_report(state.run.to_dict()["stages"], final.to_dict(), state.recipe))
+    files = RunDir(state.out)
+    atomic_directory(files.final, write_final)
+    shutil.rmtree(files.trainers, ignore_errors=True)
+    write_text_atomic(files.report, stage_report(state.run.to_dict()["stages"], final.to_dict(), state.recipe))
     stage_plots(state.out)
     if state.recipe.eval.tasks:
         from trimllm.evaluation import evaluate, results_table, write_results
         from trimllm.export import add_results_to_card
 
-        final_model, tokenizer = load_model(state.out / "final", dtype=state.recipe.model.dtype)
+        final_model, tokenizer = load_model(files.final, dtype=state.recipe.model.dtype)
         results = evaluate(final_model, tokenizer, state.recipe.eval.tasks, limit=state.recipe.eval.limit,
-                           batch_size=state.recipe.eval.batch_size, include_path=state.out / "tasks")
-        write_results(results, state.out / "final_eval", final_model)
-        add_results_to_card(state.out / "final", results_table(results, final_model))
+                           batch_size=state.recipe.eval.batch_size, include_path=files.tasks)
+        write_results(results, files.final_eval, final_model)
+        add_results_to_card(files.final, results_table(results, final_model))
     write_run_file(state)  # last: a run file with "final" means everything above is on disk
     logger.info("run: %d stages, final/ = stage %d | training %s", len(state.run.stages), final.stage,
                 throughput_line(state.run.stages))

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trimllm.atomic import write_text_atomic
-
-RUN_FILE = "run.json"
+from trimllm.layout import FINAL, RUN_FILE
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class StageRecord:
     peak_memory_mb: float
     dir: str  # the stage's checkpoint folder, relative to the run folder
     last: bool  # no stage follows (the schedule's decision, a stop rule, or the accuracy floor)
+    steps: int | None = None  # optimizer steps it trained (None: a run file written before stages recorded them)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class FinalChoice:
     val_acc: float
     floor: float | None
     reference_val_acc: float
-    dir: str = "final"
+    dir: str = FINAL
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "dir": self.dir, "from": self.source, "val_acc": self.val_acc,
@@ -72,7 +72,7 @@ class FinalChoice:
     @classmethod
     def from_dict(cls, data: dict) -> FinalChoice:
         return cls(data["stage"], data["from"], data["val_acc"], data["floor"], data["reference_val_acc"],
-                   data.get("dir", "final"))
+                   data.get("dir", FINAL))
 
 
 @dataclass

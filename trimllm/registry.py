@@ -46,18 +46,31 @@ class Registry(Generic[T]):
         self.kind = kind
         self.fixed = fixed  # leading positional parameters every plug-in takes (not options)
         self._items: dict[str, T] = {}
+        self._facts: dict[str, object] = {}
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
-        """Register under ``name``, by default the defining module's file name (the plug-in convention)."""
+    def register(self, name: str | None = None, facts: object = None) -> Callable[[T], T]:
+        """Register under ``name``, by default the defining module's file name (the plug-in convention), with the
+        ``facts`` the rest of trimllm may ask of the plug-in (:meth:`facts`; a typed record of the plug-in's kind,
+        e.g. :class:`trimllm.schedules.ScheduleFacts`), so that nothing outside the registry compares its name."""
 
         def decorator(obj: T) -> T:
             key = name or obj.__module__.rsplit(".", 1)[-1]
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._items[key] = obj
+            self._facts[key] = facts
             return obj
 
         return decorator
+
+    def facts(self, name: str):
+        """What plug-in ``name`` declared when it registered."""
+        self.get(name)  # an unknown name: the "did you mean" error
+        return self._facts[name]
+
+    def default(self, name: str, option: str):
+        """The default of ``option`` in plug-in ``name``'s signature (where a default lives once)."""
+        return inspect.signature(self.get(name)).parameters[option].default
 
     def discover(self, package: str) -> None:
         """Import every module in ``package``'s folder; each plug-in registers itself on import."""

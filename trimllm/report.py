@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trimllm.layout import RunDir
 from trimllm.records import StageRecord
 from trimllm.scoring import ScoreResult
 from trimllm.scoring.candidates import parse
@@ -154,7 +155,7 @@ def stage_plots(run_dir: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
     losses = [r for r in records if "loss" in r]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     offset, boundaries, xs, ys = 0, [], [], []
@@ -173,7 +174,7 @@ def stage_plots(run_dir: str | Path) -> None:
     fig.savefig(run_dir / "loss.png", dpi=100)
     plt.close(fig)
 
-    plan = json.loads((run_dir / "run.json").read_text())
+    plan = json.loads(RunDir(run_dir).run_file.read_text())
     fig, ax = plt.subplots(figsize=(5, 3.5))
     kept = [s["blocks_kept"] for s in plan["stages"]]
     ax.plot(kept, [s["val_acc"] for s in plan["stages"]], marker="o")

@@ -18,13 +18,12 @@ from typing import NamedTuple
 import yaml
 
 from trimllm.atomic import TEMP_NAME, write_text_atomic
-from trimllm.config import Recipe, to_yaml
+from trimllm.config import RUN_OPTIONS, Recipe, to_yaml
+from trimllm.layout import LOCK, RUN_FILE, STAGE_GLOB, RunDir
 from trimllm.outputs import check_replaceable, check_writable
 from trimllm.plan import PLAN_FILE
-from trimllm.records import RUN_FILE, RunFile
+from trimllm.records import RunFile
 
-TRAINER_DIR = ".trainer"
-LOCK_FILE = ".lock"  # held (flock) by the one process running in the folder; the kernel releases it if that dies
 logger = logging.getLogger(__name__)
 _held: dict[str, int] = {}
 
@@ -38,7 +37,8 @@ def lock(out: Path) -> None:
     if key in _held:
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(out) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    # held (flock) by the one process running in the folder; the kernel releases it if that process dies
+    fd = os.open(Path(out) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -62,20 +62,15 @@ def unlock(out: Path) -> None:
 
 
 def _has_content(out: Path) -> bool:
-    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+    return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
 
 
 def _clear(out: Path) -> None:
     """Remove everything in ``out`` but the lock this process holds (already checked by check_replaceable)."""
     for path in out.iterdir():
-        if path.name == LOCK_FILE:
+        if path.name == LOCK:
             continue
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-
-
-def trainer_dir(out: Path, stage: int) -> Path:
-    """Where the Trainer of ``stage`` writes its checkpoints (removed once the stage is complete)."""
-    return Path(out) / TRAINER_DIR / f"stage_{stage:02d}"
 
 
 def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
@@ -84,12 +79,12 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
     Raises:
         FileExistsError: ``out`` holds other files, a run of another recipe, or a run of an older trimllm.
     """
-    out = Path(out)
+    out, files = Path(out), RunDir(out)
     resolved = to_yaml(recipe)
     check_writable(out)
     if _has_content(out) and overwrite:
         check_replaceable(out)  # before anything is created in it
-    elif _has_content(out) and not (out / "resolved.yaml").is_file():
+    elif _has_content(out) and not files.resolved.is_file():
         raise FileExistsError(f"output_dir {out} is not empty and holds no trimllm run; set output_dir=... to a "
                               "new or empty folder")
     lock(out)  # from here on this process is the only one in out
@@ -106,7 +101,7 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
             logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)
             previous = RunFile.read(out)
             previous.final = None
-            write_text_atomic(out / "resolved.yaml", resolved)
+            write_text_atomic(files.resolved, resolved)
             return previous
         elif changed.keys:
             raise FileExistsError(f"output_dir {out} holds a run of a different recipe ({changed.describe()}); "
@@ -115,13 +110,16 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
             raise FileExistsError(f"output_dir {out} holds a run of an older trimllm (its run file is {PLAN_FILE}, now "
                                   f"{RUN_FILE}), which cannot be resumed; set output_dir=... or pass --overwrite")
         else:
-            if (out / "resolved.yaml").read_text() != resolved:  # keys added since, at their defaults: same recipe
-                write_text_atomic(out / "resolved.yaml", resolved)
+            if changed.run_options:
+                logger.warning("output_dir %s: run options changed (%s); resuming with the new values", out,
+                               changed.describe(changed.run_options))
+            if files.resolved.read_text() != resolved:  # keys added since at their defaults, run options
+                write_text_atomic(files.resolved, resolved)
             remove_litter(out)
             previous = RunFile.read(out) if (out / RUN_FILE).is_file() else None
             trim_metrics(out, len(previous.stages) if previous else 0)
             return previous
-    write_text_atomic(out / "resolved.yaml", resolved)
+    write_text_atomic(files.resolved, resolved)
     return None
 
 
@@ -153,7 +151,7 @@ def check_data(out: Path, saved: dict[str, str] | None, now: dict[str, str]) -> 
 
 def _completed_stages(out: Path) -> int:
     """Stages the run in ``out`` completed (an exported ``stage_XX`` counts, whatever the run file says)."""
-    exported = len(list(out.glob("stage_[0-9]*")))
+    exported = len(list(out.glob(STAGE_GLOB)))
     try:
         return max(exported, len(RunFile.read(out).stages) if (out / RUN_FILE).is_file() else 0)
     except (ValueError, KeyError, TypeError):  # an unreadable run file of an older trimllm: keep the folder
@@ -176,19 +174,22 @@ def _flatten(node, prefix=""):
 
 
 class RecipeChange(NamedTuple):
-    """The saved recipe, the new one (both flattened) and the keys whose values differ."""
+    """The saved recipe, the new one (both flattened), the keys of the run's identity whose values differ, and the
+    run options (:data:`trimllm.config.RUN_OPTIONS`) that differ, which do not stop a resume."""
 
     old: dict
     new: dict
     keys: list[str]
+    run_options: list[str] = []
 
-    def describe(self) -> str:
+    def describe(self, keys: list[str] | None = None) -> str:
         """The first five changed keys as ``key: old -> new``, for the message that refuses to resume; where a
         default changed since the run was saved, how to resume it as it started."""
-        shown = ", ".join(f"{k}: {self.old.get(k)!r} -> {self.new.get(k)!r}" for k in self.keys[:5])
+        keys = self.keys if keys is None else keys
+        shown = ", ".join(f"{k}: {self.old.get(k)!r} -> {self.new.get(k)!r}" for k in keys[:5])
         hints = [f"; the default of {k} is now {self.new[k]!r} ({why}): pass {k}={self.old[k]} to resume this run"
-                 for k, (former, why) in CHANGED_DEFAULTS.items() if k in self.keys and self.old.get(k) == former]
-        return shown + (" ..." if len(self.keys) > 5 else "") + "".join(hints)
+                 for k, (former, why) in CHANGED_DEFAULTS.items() if k in keys and self.old.get(k) == former]
+        return shown + (" ..." if len(keys) > 5 else "") + "".join(hints)
 
 
 # Defaults that changed since v0.1: the former value, and why. A run saved under the former default holds it in its
@@ -200,10 +201,11 @@ def _changed(out: Path, recipe: Recipe) -> RecipeChange:
     """How ``recipe`` differs from the one saved in ``out``. A key the saved recipe lacks (one this trimllm added
     since) ran at the default of its time, so a run started before an upgrade still resumes when the new recipe
     leaves the key at that value."""
-    saved, new = _flatten(yaml.safe_load((out / "resolved.yaml").read_text())), _flatten(recipe.to_dict())
+    saved, new = _flatten(yaml.safe_load(RunDir(out).resolved.read_text())), _flatten(recipe.to_dict())
     then = {**_flatten(Recipe().to_dict()), **{k: former for k, (former, _) in CHANGED_DEFAULTS.items()}}
     old = {**{k: v for k, v in then.items() if k in new}, **saved}
-    return RecipeChange(old, new, sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return RecipeChange(old, new, [k for k in changed if k not in RUN_OPTIONS], [k for k in changed if k in RUN_OPTIONS])
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:
@@ -217,10 +219,10 @@ def last_checkpoint(work_dir: Path) -> Path | None:
 
 def trim_metrics(out: Path, stage: int) -> None:
     """Drop metrics.jsonl lines that the resumed run will log again (those of ``stage`` after its checkpoint)."""
-    path = out / "metrics.jsonl"
+    path = RunDir(out).metrics
     if not path.is_file():
         return
-    checkpoint = last_checkpoint(trainer_dir(out, stage))
+    checkpoint = last_checkpoint(RunDir(out).trainer(stage))
     step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
     kept = [line for line in path.read_text().splitlines()
             if (record := json.loads(line))["stage"] < stage or (record["stage"] == stage and record["step"] <= step)]

@@ -41,15 +41,18 @@ def target_reached(plan: Plan, params: int, stop: StopConfig, granularity: str) 
 
 def expected_stages(schedule: str, per_stage: int, plan: Plan, stop: StopConfig, granularity: str,
                     completed: int) -> int | None:
-    """About how many stages the run will have in all, for its progress lines: stage 0 (full depth; oneshot: the
-    only one) plus the removal stages the budget allows. None when only a parameter target or the floor ends it."""
-    if schedule in ("none", "oneshot"):
-        return 1
-    if schedule == "tuned_oneshot":
-        return 2
+    """About how many stages the run will have in all, for its progress lines: the stages the schedule declares
+    when it has a fixed number (:class:`trimllm.schedules.ScheduleFacts`), else stage 0 plus the removal stages the
+    budget allows, ``per_stage`` a stage where the schedule takes that option (one otherwise). None when only a
+    parameter target or the floor ends it."""
+    from trimllm.schedules import SCHEDULES, schedule_facts
+
+    fixed = schedule_facts(schedule).stages
+    if fixed is not None:
+        return fixed
     if stop.target_fraction is None and stop.max_modules is None:
         return None
-    per = per_stage if schedule == "progressive" else 1
+    per = per_stage if "per_stage" in SCHEDULES.options(schedule) else 1
     return max(completed, 1) + -(-budget(plan, stop, granularity) // per)
 
 

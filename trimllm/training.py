@@ -24,8 +24,10 @@ from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from trimllm.config import Recipe
 from trimllm.distributed import is_main, world_size
+from trimllm.errors import TrainingDiverged  # noqa: F401  (raised here; re-exported)
 from trimllm.rundir import last_checkpoint
 from trimllm.sft import LengthGroupedSampler, SFTCollator, pad_id
+from trimllm.stages import StageFiles, StageSpec, stage_spec
 from trimllm.surgery import get_plan, unwrap
 
 logger = logging.getLogger(__name__)
@@ -165,10 +167,6 @@ def log_line(stage: int, step: int, steps: int, logs: dict) -> str:
     return " | ".join([f"stage {stage}", f"step {step}/{steps}", *shown])
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights of a stage stopped being finite numbers: nothing of the stage is exported."""
-
-
 def _diverged(stage: int, step: int, recipe: Recipe) -> TrainingDiverged:
     return TrainingDiverged(f"stage {stage}: the weights stopped being finite numbers (NaN / inf) by step {step}; "
                             f"nothing of this stage was exported. Lower train.lr (now {recipe.train.lr}) or raise "
@@ -196,41 +194,42 @@ def callbacks(metrics_path: Path, stage: int) -> list:
     return [StageMetrics(metrics_path, stage)]
 
 
-def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recipe, work_dir: Path, stage: int,
-                metrics_path: Path, resume: bool = False, extra_callbacks: list = (),
-                steps: int | None = None, teacher: nn.Module | None = None) -> tuple[nn.Module, StageStats]:
-    """Train ``model`` for one stage; return the plain (merged) model and what the training did.
+def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recipe, spec: StageSpec,
+                files: StageFiles, *, teacher: nn.Module | None = None,
+                extra_callbacks: list = ()) -> tuple[nn.Module, StageStats]:
+    """Train ``model`` for one stage as ``spec`` says (:func:`trimllm.stages.stage_spec`: steps, learning rate,
+    adapter, seed, PLD clock); return the plain (merged) model and what the training did.
 
     The training method (``lora.method``, :mod:`trimllm.methods`) prepares what the Trainer trains and merges the
-    result back: frozen blocks (``plan.frozen``) get no trainable parameters. ``steps`` defaults to
-    ``train.steps_per_stage``; ``extra_callbacks`` are added to the Trainer's (the benchmarks time steps). With
-    ``resume``, training continues from the newest complete checkpoint in ``work_dir`` (optimizer, scheduler, RNG,
-    data position and token counts included); ``model`` must already have the stage's structure. With a
-    ``teacher`` (``distill.enabled``), the loss distills it (:mod:`trimllm.distill`).
+    result back: frozen blocks (``plan.frozen``) get no trainable parameters. ``extra_callbacks`` are added to the
+    Trainer's (the benchmarks time steps). With ``files.resume``, training continues from the newest complete
+    checkpoint in ``files.work_dir`` (optimizer, scheduler, RNG, data position and token counts included); ``model``
+    must already have the stage's structure. With a ``teacher`` (``distill.enabled``), the loss distills it
+    (:mod:`trimllm.distill`).
     """
     from transformers import set_seed
 
     from trimllm.methods import for_recipe
     from trimllm.pld import ProgressiveLayerDrop, pld_callback
 
-    cfg, plan = recipe.train, get_plan(model)
-    set_seed(cfg.seed + stage)  # before peft draws the adapters' initial weights: same seed, same run
+    stage, work_dir, plan = spec.stage, files.work_dir, get_plan(model)
+    set_seed(spec.seed)  # before peft draws the adapters' initial weights: same seed, same run
     method = for_recipe(recipe)
     distiller = _distiller(recipe, model, teacher)
-    trainee = method.prepare(model, tokenizer, recipe, work_dir)
-    stage_callbacks = [*callbacks(metrics_path, stage), FiniteWeights(stage, recipe), *extra_callbacks]
+    trainee = method.prepare(model, tokenizer, recipe, spec, work_dir)
+    stage_callbacks = [*callbacks(files.metrics, stage), FiniteWeights(stage, recipe), *extra_callbacks]
     pld = None
     if recipe.pld.enabled:
-        pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=cfg.seed)
-        stage_callbacks.append(pld_callback(pld, stage * cfg.steps_per_stage))
-    with _tensorboard_dir(metrics_path.parent / "tensorboard" / f"stage_{stage:02d}"):
-        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, stage, steps, method, plan.pruned),
-                               train_dataset=examples, callbacks=stage_callbacks, group_by_length=cfg.group_by_length,
+        pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=recipe.train.seed)
+        stage_callbacks.append(pld_callback(pld, spec.pld_offset))
+    with _tensorboard_dir(files.tensorboard or work_dir / "tensorboard"):
+        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, spec, method),
+                               train_dataset=examples, callbacks=stage_callbacks, group_by_length=recipe.train.group_by_length,
                                data_collator=SFTCollator(pad_id(tokenizer), all_positions=_all_positions(distiller)),
                                distiller=distiller)
     if trainer.pop_callback(ProgressCallback) is not None:  # the bar (rank 0; other ranks have none)
         trainer.add_callback(StageProgress(stage))
-    checkpoint = last_checkpoint(work_dir) if resume else None
+    checkpoint = last_checkpoint(work_dir) if files.resume else None
     if checkpoint is not None:
         logger.info("stage %d: resuming from %s", stage, checkpoint)
     started = time.perf_counter()
@@ -291,27 +290,27 @@ def _attention_kernels():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | None = None, method=None,
-                       pruned: bool = False):
-    """The stage's TrainingArguments. ``train.batch_size`` is the global batch: it is split over the processes of
-    a distributed launch, so one recipe trains the same way on 1 or N processes. A ``pruned`` model trains at
-    ``train.pruned_lr`` where set."""
+def training_arguments(recipe: Recipe, work_dir: Path, spec: StageSpec | int = 0, method=None):
+    """The stage's TrainingArguments (``spec``: the stage's :class:`trimllm.stages.StageSpec`, or a stage number:
+    that stage of an unpruned model). ``train.batch_size`` is the global batch: it is split over the processes of
+    a distributed launch, so one recipe trains the same way on 1 or N processes."""
     from transformers import TrainingArguments
 
     from trimllm.methods import for_recipe
 
     cfg = recipe.train
+    spec = stage_spec(recipe, spec, pruned=False) if isinstance(spec, int) else spec
     cuda = torch.cuda.is_available()
     method = method or for_recipe(recipe)
     optim = method.optim if cfg.optim == "auto" else cfg.optim
-    steps = steps or cfg.steps_per_stage
+    steps = spec.steps
     checkpoints = 0 < cfg.save_steps < steps
     return TrainingArguments(
         output_dir=str(work_dir),
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size // world_size(),
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.pruned_lr if pruned and cfg.pruned_lr is not None else cfg.lr,
+        learning_rate=spec.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
         weight_decay=cfg.weight_decay,
@@ -322,8 +321,8 @@ def training_arguments(recipe: Recipe, work_dir: Path, stage: int, steps: int | 
         save_steps=cfg.save_steps if checkpoints else 500,
         save_total_limit=1,  # resuming needs only the newest
         report_to=cfg.report_to,
-        seed=cfg.seed + stage,
-        data_seed=cfg.seed + stage,
+        seed=spec.seed,
+        data_seed=spec.seed,
         use_cpu=not cuda,
         bf16=cuda and method.bf16,
         ddp_backend="gloo" if world_size() > 1 and not cuda else None,

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import ROOT, save_tiny
 from tests.integration.test_train import run_tiny
-from trimllm.config import load_recipe
 from trimllm.training import training_arguments
+from trimllm.validation import load_recipe
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import ROOT, save_tiny
 from tests.integration.test_train import TINY_RUN, run_tiny, without_times
-from trimllm.config import load_recipe
 from trimllm.pipeline import run
+from trimllm.validation import load_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -146,3 +146,23 @@ def test_a_progressive_run_saved_under_the_former_order_default_resumes_only_whe
                                                   r" to resume this run"):
             prepare(out, progressive, False)
         assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "scoring.order=rescore"]), False)
+
+
+def test_a_killed_run_resumes_after_its_run_options_changed(tiny_dir, tmp_path):
+    """Logging, trackers and checkpoint cadence (config.RUN_OPTIONS) are not the run's identity: a run killed
+    mid-stage resumes under new values of them to the plan and model of an uninterrupted run, and resolved.yaml
+    then names the new values. A key of the method changed as well is still refused."""
+    import yaml
+
+    reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN)
+    out = tmp_path / "killed"
+    overrides = kill_run(tiny_dir, out, "1:2", [])
+    changed = [*overrides, "train.logging_steps=1", "train.report_to=tensorboard", "export.stages=final"]
+    with pytest.raises(FileExistsError, match=r"different recipe \(train\.lr: 0\.0003 -> 0\.001\)"):
+        run(load_recipe(ROOT / "recipes" / "smoke.yaml", [*changed, "train.lr=1e-3"]))
+    resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", changed))
+    assert comparable(resumed) == comparable(reference)
+    torch.testing.assert_close(final_logits(out), final_logits(tmp_path / "ref"), rtol=1e-5, atol=1e-5)
+    saved = yaml.safe_load((out / "resolved.yaml").read_text())
+    assert (saved["train"]["logging_steps"], saved["train"]["report_to"]) == (1, "tensorboard")
+    assert any((out / "tensorboard" / "stage_02").iterdir())  # the tracker of the resumed stages ran

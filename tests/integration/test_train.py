@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import ROOT, flat, save_tiny
 from trimllm.cli import app
-from trimllm.config import load_recipe
 from trimllm.pipeline import run
+from trimllm.validation import load_recipe
 
 pytestmark = pytest.mark.integration
 

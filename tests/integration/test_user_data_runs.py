@@ -10,10 +10,10 @@ import pytest
 
 import trimllm
 from tests.conftest import ROOT, run_cli, save_tiny
-from trimllm.config import load_recipe
 from trimllm.modeling import load_model
 from trimllm.multiple_choice import mc_correct
 from trimllm.pipeline import run
+from trimllm.validation import load_recipe
 
 pytestmark = pytest.mark.integration
 

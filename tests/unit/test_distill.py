@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny, tiny_tokenizer
-from trimllm.config import RecipeError, load_recipe
+from trimllm.config import RecipeError
 from trimllm.distill import Distiller, block_outputs, block_pairs, kd_sum, load_teacher
 from trimllm.sft import SFTCollator
 from trimllm.surgery import drop_blocks
+from trimllm.validation import load_recipe
 
 EXAMPLES = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]},
             {"input_ids": [11, 12, 13], "labels": [-100, -100, 13]}]

@@ -94,3 +94,44 @@ def test_no_module_or_function_is_too_long():
                 if lines > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(ROOT)}::{node.name}: {lines} lines")
     assert too_long == []
+
+
+def _trimllm_imports(path) -> set[str]:
+    """The trimllm modules a file imports, wherever the import stands (in a function, under TYPE_CHECKING):
+    ``from trimllm.cli import models`` names the module ``trimllm.cli.models`` where it is one."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+               for p in (ROOT / "trimllm").rglob("*.py")}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in modules:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules
+            found |= subs or {node.module}
+            if len(subs) < len(node.names):
+                found.add(node.module)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    """No module imports, directly or through others, a module that imports it back: the package reads from the
+    command line down to the architecture table (a cycle is also what makes a partially imported module fail)."""
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / "trimllm").rglob("*.py")}
+    graph = {name: _trimllm_imports(path) - {name} for name, path in files.items()}
+    state, cycles = {}, []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join([*trail[trail.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+    assert "trimllm.cli.common" in graph["trimllm.cli.models"]  # the walk sees the package's own imports

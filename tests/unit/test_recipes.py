@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ROOT
-from trimllm.config import Recipe, RecipeError, load_recipe
+from trimllm.config import Recipe, RecipeError
+from trimllm.validation import load_recipe
 
 RECIPES = sorted((ROOT / "recipes").glob("**/*.yaml"))
 

@@ -9,7 +9,7 @@ import runpy
 import pytest
 
 from tests.conftest import ROOT
-from trimllm.config import load_recipe
+from trimllm.validation import load_recipe
 
 study = runpy.run_path(str(ROOT / "scripts" / "study.py"))
 

@@ -8,11 +8,12 @@ import datasets
 import pytest
 
 from tests.conftest import ROOT, run_cli, tiny_tokenizer
-from trimllm.config import DataConfig, RecipeError, load_recipe
+from trimllm.config import DataConfig, RecipeError
 from trimllm.data import DataFormatError, load_side
 from trimllm.formats import text_blocks, training_data, user_items, write_task
 from trimllm.sft import SFTCollator
 from trimllm.user_data import expand, task_name, user_sides
+from trimllm.validation import load_recipe
 
 RECORDS = [{"question": f"What is {a} plus {b}?", "options": [str(a + b), str(a + b + 1), str(a * b + 7)],
             "answer": (a + b) % 3, "solution": f"{a + b}"} for a in range(12) for b in range(10)]
@@ -184,3 +185,21 @@ def test_a_file_that_does_not_parse_is_one_message(capsys, monkeypatch, tmp_path
                         f"data.source={tmp_path}/broken.jsonl", "data.doc_to_text=x", "data.doc_to_choice=[a, b]",
                         "data.doc_to_target=0")
     assert code == 2 and "broken.jsonl: cannot be read as .jsonl records" in out and "Traceback" not in out
+
+
+def test_a_mapping_of_split_to_file_is_read_as_splits(tmp_path):
+    """data.source: {train: a.jsonl, test: b.jsonl} (datasets' data_files convention) gives the sides that the
+    train file with data.splits gives; a mapping with other keys, or beside data.splits, is refused."""
+    write(tmp_path / "a.jsonl", RECORDS[:90], "jsonl")
+    write(tmp_path / "b.jsonl", RECORDS[90:], "jsonl")
+    mc = [f"data.{k}={json.dumps(v)}" for k, v in MC.items()]
+    mapping = json.dumps({"train": str(tmp_path / "a.jsonl"), "test": str(tmp_path / "b.jsonl")})
+    recipe = load_recipe(ROOT / "recipes" / "smoke.yaml", [f"data.source={mapping}", *mc, "data.n_train=40"])
+    explicit = data_config(tmp_path / "a.jsonl", splits={"train": str(tmp_path / "a.jsonl"),
+                                                         "test": str(tmp_path / "b.jsonl")})
+    assert recipe.data.source == str(tmp_path / "a.jsonl") and recipe.data.splits == json.loads(mapping)
+    assert user_sides(recipe.data) == user_sides(explicit) and len(user_sides(recipe.data).test) == 30
+    with pytest.raises(RecipeError, match=r"data.source as a mapping has the keys \['dev', 'train'\]"):
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ['data.source={"train": "a.jsonl", "dev": "b.jsonl"}', *mc])
+    with pytest.raises(RecipeError, match="data.splits is set too"):
+        load_recipe(ROOT / "recipes" / "smoke.yaml", [f"data.source={mapping}", 'data.splits={"train": "x"}', *mc])

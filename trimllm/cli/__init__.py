@@ -12,8 +12,12 @@ import os
 
 import typer
 
-from trimllm.cli import deploy, models, recipes  # noqa: F401  (importing registers the commands)
 from trimllm.cli.common import app
+
+# Importing the command modules registers their commands, in this order: the order of `trimllm --help`.
+from trimllm.cli import models  # noqa: F401  # isort: skip
+from trimllm.cli import recipes  # noqa: F401  # isort: skip
+from trimllm.cli import deploy  # noqa: F401  # isort: skip
 
 __all__ = ["app", "main"]
 

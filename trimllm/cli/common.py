@@ -58,10 +58,11 @@ def check_sizes(sizes: list[tuple[str, int | None, int]]) -> None:
 
 
 def check_output(out: Path, overwrite: bool, own, flag: str, writable_only: bool = False) -> None:
-    from trimllm.outputs import OutputError, check_output, check_writable
+    from trimllm import outputs
+    from trimllm.errors import OutputError
 
     try:
-        check_writable(out) if writable_only else check_output(out, overwrite, own)
+        outputs.check_writable(out) if writable_only else outputs.check_output(out, overwrite, own)
     except OutputError as err:
         raise typer.BadParameter(str(err), param_hint=flag) from None
 

@@ -10,7 +10,6 @@ import typer
 
 from trimllm.cli.common import app, plugin_help
 
-
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/smoke.yaml.")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4 output_dir=/tmp/run.")]
 

@@ -4,8 +4,8 @@ folder, registered under its file name: ``lora`` (peft), ``qlora`` (4-bit NF4 co
 
 A method is a class with:
 
-- ``prepare(model, tokenizer, recipe, work_dir) -> trainee``: frozen blocks (``plan.frozen``) get no trainable
-  parameters;
+- ``prepare(model, tokenizer, recipe, spec, work_dir) -> trainee``: frozen blocks (``plan.frozen``) get no
+  trainable parameters; ``spec`` (:class:`trimllm.stages.StageSpec`) says the stage's adapter size;
 - ``merge(model, trainee, trainer) -> model``: the plain model with the training applied (``trainer``, the
   stage's Trainer, is what the sharded wrapper gathers through);
 - ``trained(trainee, state_dict) -> dict`` and ``apply(model, trainee, weights, device) -> model``: what training
@@ -37,8 +37,8 @@ class Sharded:
         self.method = method
         self.optim, self.bf16 = method.optim, method.bf16
 
-    def prepare(self, model: nn.Module, tokenizer, recipe, work_dir) -> nn.Module:
-        return self.method.prepare(copy.deepcopy(model.to("cpu")), tokenizer, recipe, work_dir)
+    def prepare(self, model: nn.Module, tokenizer, recipe, spec, work_dir) -> nn.Module:
+        return self.method.prepare(copy.deepcopy(model.to("cpu")), tokenizer, recipe, spec, work_dir)
 
     def merge(self, model: nn.Module, trainee: nn.Module, trainer) -> nn.Module:
         from trimllm.distributed import on_main

@@ -13,7 +13,7 @@ class Full:
     optim = "adamw_torch"
     bf16 = False
 
-    def prepare(self, model: nn.Module, tokenizer, recipe, work_dir) -> nn.Module:
+    def prepare(self, model: nn.Module, tokenizer, recipe, spec, work_dir) -> nn.Module:
         frozen = get_plan(model).frozen
         model.requires_grad_(True)
         if frozen:

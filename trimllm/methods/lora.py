@@ -17,12 +17,11 @@ class Lora:
     optim = "adamw_torch"
     bf16 = False
 
-    def prepare(self, model: nn.Module, tokenizer, recipe, work_dir) -> nn.Module:
+    def prepare(self, model: nn.Module, tokenizer, recipe, spec, work_dir) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
         plan = get_plan(model)
-        r, alpha = rank(recipe.lora, plan.pruned)
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=recipe.lora.dropout,
+        config = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=recipe.lora.dropout,
                             target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
         with warnings.catch_warnings():
             # peft reads transformers 5's deprecated `is_gradient_checkpointing`: a FutureWarning on every stage
@@ -44,13 +43,6 @@ class Lora:
 
     def apply(self, model: nn.Module, trainee: nn.Module, weights: dict, device) -> nn.Module:
         return merge_into(model, trainee.peft_config["default"], weights, device)
-
-
-def rank(cfg, pruned: bool) -> tuple[int, int]:
-    """(r, alpha) of a stage's adapter: ``lora.pruned_r`` / ``pruned_alpha`` where the model has lost modules."""
-    if not pruned:
-        return cfg.r, cfg.alpha
-    return cfg.pruned_r or cfg.r, cfg.pruned_alpha or cfg.alpha
 
 
 def merge_into(model: nn.Module, lora_config, adapters: dict, device) -> nn.Module:

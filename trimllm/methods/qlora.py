@@ -20,13 +20,13 @@ class Qlora(Lora):
     optim = "paged_adamw_8bit"
     bf16 = True
 
-    def prepare(self, model: nn.Module, tokenizer, recipe, work_dir) -> nn.Module:
+    def prepare(self, model: nn.Module, tokenizer, recipe, spec, work_dir) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
         quantized = quantized_copy(model, tokenizer, work_dir / "base")
         quantized = prepare_model_for_kbit_training(quantized,
                                                     use_gradient_checkpointing=recipe.train.gradient_checkpointing)
-        return super().prepare(quantized, tokenizer, recipe, work_dir)
+        return super().prepare(quantized, tokenizer, recipe, spec, work_dir)
 
     def merge(self, model: nn.Module, trainee: nn.Module, trainer=None) -> nn.Module:
         from peft import get_peft_model_state_dict

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 
 
-@SCHEDULES.register()
+@SCHEDULES.register(facts=ScheduleFacts(removes=False, full_depth_stage0=False, stages=1))
 def none(ctx: StageContext) -> Decision:
     return Decision(last=True)

@@ -3,10 +3,10 @@ target at stage 0, then train the pruned model once. The baseline that progressi
 
 from __future__ import annotations
 
-from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 
 
-@SCHEDULES.register()
+@SCHEDULES.register(facts=ScheduleFacts(full_depth_stage0=False, stages=1, needs_target_fraction=True))
 def oneshot(ctx: StageContext) -> Decision:
     scores = ctx.score(ctx.recipe.scoring.granularity)
     return Decision(drop=[c for c, _ in scores.ranked()[: ctx.budget]], scores=scores, last=True)

@@ -11,11 +11,11 @@ behaviour.
 
 from __future__ import annotations
 
-from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 from trimllm.scoring import ScoreResult, list_candidates
 
 
-@SCHEDULES.register()
+@SCHEDULES.register(facts=ScheduleFacts())
 def progressive(ctx: StageContext, per_stage: int = 1, order: str = "fixed") -> Decision:
     if ctx.stage == 0:
         return Decision()

@@ -4,10 +4,10 @@ better than the best MLP candidate; the scan's tie-breaker is the activation nor
 
 from __future__ import annotations
 
-from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 
 
-@SCHEDULES.register()
+@SCHEDULES.register(facts=ScheduleFacts(granularity="sublayer"))  # the paper removes halves
 def trimllm(ctx: StageContext) -> Decision:
     if ctx.stage == 0:
         return Decision()
@@ -23,5 +23,3 @@ def trimllm(ctx: StageContext) -> Decision:
         choice = best_mlp
     return Decision(drop=[choice[0]], scores=scores)
 
-
-trimllm.granularity = "sublayer"  # the paper removes halves: the stop rules count halves, whatever scoring says

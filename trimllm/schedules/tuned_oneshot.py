@@ -13,10 +13,10 @@ PhraseBank (two seeds, p = 0.0002), and with a rank-64 adapter and a 3x learning
 
 from __future__ import annotations
 
-from trimllm.schedules import SCHEDULES, Decision, StageContext
+from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 
 
-@SCHEDULES.register()
+@SCHEDULES.register(facts=ScheduleFacts(stages=2, needs_target_fraction=True))
 def tuned_oneshot(ctx: StageContext) -> Decision:
     if ctx.stage == 0:
         return Decision()  # the full-depth fine-tune: the model that is scored, and the accuracy floor's reference
