@@ -319,7 +319,7 @@ def markdown(f: dict) -> str:
         f"(mean {s['tokens_per_sample']} tokens), batch {s['batch_size']}, mean of {s['steps']} steps after "
         f"{s['warmup']} warm-up steps; blocks removed in block_influence order"
         + (f"; median (min–max) of {s['repeats']} rounds, each running every depth in turn, the time ratio per round. "
-           f"{timing_line(f['noise'])}" if "noise" in f else "") + ":",
+           f"{timing_line(f['noise']).rstrip('.')}" if "noise" in f else "") + ":",
         "",
         "| blocks removed | blocks | s / step | tokens / s | time vs full depth |",
         "|---|---|---|---|---|",
