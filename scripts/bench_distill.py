@@ -80,17 +80,9 @@ def distillation(args) -> None:
                               "teacher_s_per_step": stats.teacher_seconds / len(seconds)})
             print(arm, runs[arm][-1], flush=True)
     noise = noise.verdict({f"{arm} steps/s": [1 / r["s_per_step"] for r in rs] for arm, rs in runs.items()})
-    median = {arm: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for arm, rs in runs.items()}
     fidelity = teacher_rounding(model, teachers["bfloat16"], tokenizer, examples[:32])
     figures = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    figures["distillation"] = {arm: {**{k: round(v, 3) for k, v in m.items()},
-                                     "step_ratio": round(m["s_per_step"] / median["ce"]["s_per_step"], 3),
-                                     # each round's arms ran back to back: the ratio per round, with its range
-                                     **ratio_columns("step_ratio", round_ratios([r["s_per_step"] for r in runs[arm]],
-                                                                                [r["s_per_step"] for r in runs["ce"]])),
-                                     "s_per_step_range": [round(min(r["s_per_step"] for r in runs[arm]), 3),
-                                                          round(max(r["s_per_step"] for r in runs[arm]), 3)]}
-                               for arm, m in median.items()}
+    figures["distillation"] = summarize(runs)
     figures["distillation_noise"] = noise
     figures["distillation_setup"] = {
         "model": args.model, "data": args.data, "examples": len(examples), "batch_size": args.batch_size,
@@ -100,6 +92,19 @@ def distillation(args) -> None:
     }
     write_json(args.out, figures)
     write_section(ROOT / "BENCHMARKS.md", args.section, distillation_markdown(figures))
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Each arm's median over the rounds, its step ratio to CE (the median of the per-round ratios: each round's
+    arms ran back to back) with its range, and the range of its seconds per step."""
+    median = {arm: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for arm, rs in runs.items()}
+    return {arm: {**{k: round(v, 3) for k, v in m.items()},
+                  "step_ratio": round(m["s_per_step"] / median["ce"]["s_per_step"], 3),
+                  **ratio_columns("step_ratio", round_ratios([r["s_per_step"] for r in runs[arm]],
+                                                             [r["s_per_step"] for r in runs["ce"]])),
+                  "s_per_step_range": [round(min(r["s_per_step"] for r in runs[arm]), 3),
+                                       round(max(r["s_per_step"] for r in runs[arm]), 3)]}
+            for arm, m in median.items()}
 
 
 def teacher_rounding(model, rounded, tokenizer, examples: list[dict]) -> dict:
