@@ -161,6 +161,7 @@ def markdown(f: dict) -> str:
     if s["proxy"] == "block_influence":
         lines.append("  (block_influence ranks some of the exact scan's choices as important: a small k misses them, "
                      "a large k costs the speed)")
+    lines += ["", *f["notes"]] if f.get("notes") else []  # what was measured about a target not met (by hand)
     return "\n".join(lines)
 
 
