@@ -16,7 +16,7 @@ stage. Every arm trains its pruned model for exactly those steps on those exampl
 - ``oneshot-kd``: the same + distillation from the ``none`` model (Minitron: KL to the teacher at the answer tokens,
   alpha 0.5, temperature 1);
 - ``progressive-fixed-kd``: trimllm's progressive schedule from the ``none`` model (its stage 0, hence
-  ``train.stage0_steps=0``): blocks scored once on it and removed in that order in 3 stages (``scoring.order:
+  ``train.stage0_steps=0``): blocks scored once on it and removed in that order in 3 stages (``schedule.options.order:
   fixed``, Lu et al. 2024), distilled from it; the steps split B//3, B//3, rest;
 - ``progressive-rescore-ce``: the same stages re-scored every stage, cross-entropy (v0.1's default, for the record);
 - ``oneshot-ft-ce``: block influence on the ``none`` model, drop once, cross-entropy (does the gain come from the
@@ -109,8 +109,8 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     """The recipe overrides of one arm: ``steps`` optimizer steps on the pruned model, ``teacher`` = the ``none``
     arm's fine-tuned model (``final/``) for the arms that distil from it or start from it."""
     if arm == "none":
-        return ["schedule.name=none", f"train.steps_per_stage={steps}"]
-    oneshot = ["schedule.name=oneshot", f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
+        return ["schedule=none", f"train.steps_per_stage={steps}"]
+    oneshot = ["schedule=oneshot", f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
     kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0", "distill.tokens=answer"]
     if arm == "oneshot-ce":
         return oneshot
@@ -119,14 +119,14 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     if arm.startswith("oneshot-ft-"):
         return [f"model.name={teacher}", *oneshot, *LEVERS[arm.removeprefix("oneshot-ft-")]]
     blocks = int(round(fraction * layers))
-    progressive = [f"model.name={teacher}", "schedule.name=progressive", f"stop.target_fraction={fraction}",
-                   f"schedule.per_stage={math.ceil(blocks / STAGES)}", "train.stage0_steps=0",
+    progressive = [f"model.name={teacher}", "schedule=progressive", f"stop.target_fraction={fraction}",
+                   f"schedule.options.per_stage={math.ceil(blocks / STAGES)}", "train.stage0_steps=0",
                    f"train.steps_per_stage={steps // STAGES}",
                    f"train.final_stage_steps={steps - (STAGES - 1) * (steps // STAGES)}"]
     if arm == "progressive-fixed-kd":
-        return [*progressive, "scoring.order=fixed", *kd, "distill.teacher=stage0"]
+        return [*progressive, "schedule.options.order=fixed", *kd, "distill.teacher=stage0"]
     if arm == "progressive-rescore-ce":
-        return [*progressive, "scoring.order=rescore"]
+        return [*progressive, "schedule.options.order=rescore"]
     raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
 
 
@@ -222,11 +222,11 @@ def default_arm() -> str:
     recipe = load_recipe(ROOT / "recipes" / "finance.yaml", [])
     kd = "kd" if recipe.distill.enabled else "ce"
     if recipe.schedule.name == "tuned_oneshot":  # = the oneshot-ft arm: oneshot on the none arm's tuned model
-        levers = [name for name, on in (("r64", recipe.lora.pruned_r == 64),  # the pruned model's adapter rank
-                                        ("lr", (recipe.train.pruned_lr or 0) > recipe.train.lr)) if on]
+        levers = [name for name, on in (("r64", recipe.pruned.r == 64),  # the pruned model's adapter rank
+                                        ("lr", (recipe.pruned.lr or 0) > recipe.train.lr)) if on]
         return f"oneshot-ft-{'-'.join(levers or [kd])}"
     if recipe.schedule.name == "progressive":
-        return f"progressive-{recipe.scoring.order}-{kd}"
+        return f"progressive-{recipe.schedule.options['order']}-{kd}"
     return recipe.schedule.name if recipe.schedule.name == "none" else f"{recipe.schedule.name}-{kd}"
 
 

@@ -61,14 +61,14 @@ def methods(budget: int, stages: int, layers: int) -> list[dict]:
 
     def removals(fraction: float) -> list[str]:  # progressive: the blocks of `fraction` in `stages` stages
         blocks = int(round(fraction * layers))
-        return ["schedule.name=progressive", "scoring.order=rescore",  # v0.1's progressive (it re-scored)
-                f"stop.target_fraction={fraction}", f"schedule.per_stage={math.ceil(blocks / stages)}"]
+        return ["schedule=progressive", "schedule.options.order=rescore",  # v0.1's progressive (it re-scored)
+                f"stop.target_fraction={fraction}", f"schedule.options.per_stage={math.ceil(blocks / stages)}"]
 
     runs = [{"method": "none", "removed_fraction": 0.0,
-             "overrides": ["schedule.name=none", f"train.steps_per_stage={budget}"]}]
+             "overrides": ["schedule=none", f"train.steps_per_stage={budget}"]}]
     for fraction in (0.25, 0.5):
         runs.append({"method": "oneshot", "removed_fraction": fraction,
-                     "overrides": ["schedule.name=oneshot", f"stop.target_fraction={fraction}",
+                     "overrides": ["schedule=oneshot", f"stop.target_fraction={fraction}",
                                    f"train.steps_per_stage={budget}"]})
         runs.append({"method": "progressive", "removed_fraction": fraction,
                      "overrides": [*removals(fraction), f"train.steps_per_stage={steps}"]})
@@ -78,7 +78,7 @@ def methods(budget: int, stages: int, layers: int) -> list[dict]:
                      "overrides": [*removals(fraction), f"train.steps_per_stage={early}",
                                    f"train.final_stage_steps={budget - stages * early}"]})
     runs.append({"method": "trimllm", "removed_fraction": None,  # whatever `stages` halves amount to
-                 "overrides": ["schedule.name=trimllm", "scoring.scorer=task_accuracy", "stop.target_fraction=null",
+                 "overrides": ["schedule=trimllm", "scoring.scorer=task_accuracy", "stop.target_fraction=null",
                                f"stop.max_modules={stages}", f"train.steps_per_stage={steps}"]})
     return runs
 

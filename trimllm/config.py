@@ -1,24 +1,20 @@
-"""The recipe: typed config that mirrors the YAML files in ``recipes/``, and its parsing.
+"""The recipe: typed config that mirrors the YAML files in ``recipes/``.
 
-Precedence: ``key=value`` overrides on the command line > the YAML file > the defaults below. :func:`parse_recipe`
-reports the problems of the recipe's shape (unknown keys with "did you mean", wrong types);
-:func:`trimllm.validation.load_recipe` parses, resolves the schedule-dependent defaults and adds every check of the
-values (impossible ratios, data that would put test items into training or calibration, missing data files),
-all before any model is loaded.
+Precedence: ``key=value`` overrides on the command line > the YAML file > the defaults below. A plug-in's own options
+live under its key (``schedule.options``, ``scoring.options``) with their defaults in the plug-in's signature
+(:mod:`trimllm.plugin_options`). :mod:`trimllm.recipe_file` reads a file and its overrides into these dataclasses;
+:func:`trimllm.validation.load_recipe` adds every check of the values (impossible ratios, data that would put test
+items into training or calibration, missing data files), all before any model is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
-from trimllm.errors import RecipeError  # noqa: F401  (raised here; re-exported)
-from trimllm.registry import did_you_mean
+from trimllm.errors import RecipeError  # noqa: F401  (re-exported: ``from trimllm.config import RecipeError``)
 
 
 @dataclass
@@ -57,21 +53,19 @@ class DataConfig:
 class ScoringConfig:
     scorer: str = "block_influence"  # any registered scorer (see `trimllm score --help`)
     granularity: str = "block"  # block or sublayer (attention / MLP halves)
-    proxy_k: int | None = None  # task_accuracy: scan exactly only the k candidates the proxy ranks lowest
-    proxy: str = "block_influence"  # the proxy scorer; task_accuracy = the exact scan on proxy_fraction of the questions
-    proxy_fraction: float = 0.25
-    angular_n: int = 1  # run length of the angular scorer
     batch_size: int = 8
-    # progressive only. rescore: score the pruned model anew at every stage; fixed: score once, on the stage-0
-    # fine-tuned model, and remove in that order (Lu et al. 2024: re-scored iterative pruning is unstable).
-    # None: fixed for progressive, rescore (the only order they have) for the other schedules; see resolve_defaults
-    order: str | None = None
+    # The scorer's own options, its keyword parameters (defaults and ranges in its file under trimllm/scoring/),
+    # refused when it does not take them: task_accuracy {proxy_k: 8, proxy: block_influence, proxy_fraction: 0.25}
+    # (scan exactly only the k candidates the proxy ranks lowest), angular {n: 2} (run length).
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
 class ScheduleConfig:
     name: str = "tuned_oneshot"  # tuned_oneshot, progressive, trimllm, oneshot or none (README "Which recipe when")
-    per_stage: int = 1  # modules dropped per stage (progressive)
+    # The schedule's own options, its keyword parameters (defaults and ranges in its file under trimllm/schedules/),
+    # refused when it does not take them: progressive {per_stage: 2, order: fixed}.
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -95,18 +89,11 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
-    # The adapter of a pruned model (a stage after a removal); null = r / alpha. A pruned model has more to recover
-    # than a fine-tune: in study v2 rank 64 beat 16 by 3.8 (25 %) and 5.5 (50 %) points on Financial PhraseBank.
-    pruned_r: int | None = None
-    pruned_alpha: int | None = None
 
 
 @dataclass
 class TrainConfig:
     lr: float = 2e-4
-    # The learning rate of a pruned model's stages; null = lr. In study v2 3x lr added 4.9 (Financial PhraseBank)
-    # and 2.5 (SciQ) points at rank 64, 50 % removed: one epoch is too short a recovery at the fine-tune's step.
-    pruned_lr: float | None = None
     lr_scheduler: str = "cosine"  # decayed fully within each stage
     warmup_ratio: float = 0.05
     batch_size: int = 8
@@ -134,6 +121,18 @@ class TrainConfig:
     # metrics.jsonl only. TensorBoard logs go to output_dir/tensorboard/stage_XX (pip install trimllm[tensorboard]).
     report_to: str | list[str] = "none"
     seed: int = 0
+
+
+@dataclass
+class PrunedConfig:
+    """Overrides for the stages of a pruned model (those after a removal); null = the lora / train value. A pruned
+    model has more to recover than a fine-tune: in study v2 a rank-64 adapter beat rank 16 by 3.8 (25 %) and 5.5
+    (50 %) points on Financial PhraseBank, and 3x the learning rate added 4.9 (Financial PhraseBank) and 2.5 (SciQ)
+    points at rank 64, 50 % removed: one epoch is too short a recovery at the fine-tune's step."""
+
+    r: int | None = None  # lora.r of a pruned model
+    alpha: int | None = None  # lora.alpha of a pruned model
+    lr: float | None = None  # train.lr of a pruned model
 
 
 @dataclass
@@ -184,6 +183,7 @@ class Recipe:
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pruned: PrunedConfig = field(default_factory=PrunedConfig)
     pld: PLDConfig = field(default_factory=PLDConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -202,119 +202,6 @@ RUN_OPTIONS = frozenset({
     "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
     "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
 })
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing duplicate keys (plain YAML keeps the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> dict:
-    """A recipe file as a mapping; a syntax error or a duplicate key is a RecipeError naming file, line, column."""
-    try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError([f"{where}: not valid YAML: {problem}"], str(path)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError([f"cannot read {path}: {err}"], str(path)) from None
-    if raw is not None and not isinstance(raw, dict):
-        raise RecipeError([f"{path} must hold a mapping of sections (model:, data:, ...), got {type(raw).__name__}"],
-                          str(path))
-    return raw or {}
-
-
-def _set_dotted(raw: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else node
-    node[parts[-1]] = value
-
-
-def _build(cls, raw, prefix: str, problems: list[str]):
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {raw!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            problems.append(f"unknown key {prefix}{key}.{did_you_mean(key, names)} Known: {', '.join(sorted(names))}")
-            continue
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
-        elif _type_ok(value, hint):
-            kwargs[key] = float(value) if hint in (float, float | None) and isinstance(value, int) else value
-        elif isinstance(value, str) and _type_ok(_number(value), hint):
-            # YAML 1.1 reads 1e-4 (no dot) as a string; accept it where a number is expected.
-            kwargs[key] = _number(value)
-        else:
-            problems.append(f"{prefix}{key} = {value!r} should be {_type_name(hint)}")
-    return cls(**kwargs)
-
-
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _type_ok(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def parse_recipe(path: str | Path | None, overrides: list[str] = ()) -> tuple[Recipe, list[str], str]:
-    """Read a YAML recipe and apply ``key=value`` overrides: (the typed recipe, the problems of its shape (unknown
-    keys, wrong types, bad overrides), the source's name). A missing or unreadable file raises :class:`RecipeError`.
-    The checks of its values are :func:`trimllm.validation.load_recipe`'s."""
-    raw: dict = {}
-    source = "recipe"
-    if path is not None:
-        source = str(path)
-        if not Path(path).is_file():
-            raise RecipeError([f"recipe file {path} not found"], source)
-        raw = read_yaml(Path(path))
-    problems: list[str] = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            problems.append(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
-            continue
-        try:
-            _set_dotted(raw, key.strip(), yaml.safe_load(value))
-        except yaml.YAMLError:
-            problems.append(f"override {item!r}: the value is not valid YAML (quote it, e.g. {key}='{value}')")
-    return _build(Recipe, raw, "", problems), problems, source
 
 
 def to_yaml(recipe: Recipe) -> str:

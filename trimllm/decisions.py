@@ -29,7 +29,7 @@ class Inputs:
 
 
 def schedule_decision(inputs: Inputs, stage: int) -> Decision:
-    """The recipe's schedule, given the stage's context and the recipe's settings it takes (e.g. ``per_stage``)."""
+    """The recipe's schedule, given the stage's context and its options (``schedule.options``)."""
     recipe = inputs.recipe
     budget = stop.budget(get_plan(inputs.model), recipe.stop, granularity(recipe))
     context = StageContext(stage, inputs.model, inputs.tokenizer, inputs.calibration, recipe, budget,
@@ -38,15 +38,15 @@ def schedule_decision(inputs: Inputs, stage: int) -> Decision:
 
 
 def schedule_options(recipe: Recipe) -> dict:
-    """The recipe's settings that its schedule takes (``schedule.per_stage``, ``scoring.order``); the checks refuse
-    a setting given to a schedule that does not take it (:func:`trimllm.validation.load_recipe`)."""
-    settings = {"per_stage": recipe.schedule.per_stage, "order": recipe.scoring.order}
-    return {k: v for k, v in settings.items() if k in SCHEDULES.options(recipe.schedule.name)}
+    """The options the recipe gives its schedule (``schedule.options``, defaults filled in); the checks refuse one
+    the schedule does not take (:func:`trimllm.validation.load_recipe`)."""
+    return dict(recipe.schedule.options)
 
 
 def expected_stages(recipe: Recipe, model: nn.Module, completed: int) -> int | None:
     """About how many stages the run will have (its progress lines): :func:`trimllm.stop.expected_stages`."""
-    return stop.expected_stages(recipe.schedule.name, recipe.schedule.per_stage, get_plan(model), recipe.stop,
+    per_stage = recipe.schedule.options.get("per_stage", 1)
+    return stop.expected_stages(recipe.schedule.name, per_stage, get_plan(model), recipe.stop,
                                 granularity(recipe), completed)
 
 
@@ -64,12 +64,10 @@ def granularity(recipe: Recipe) -> str:
 
 
 def score(inputs: Inputs, units: str, scorer: str | None = None) -> ScoreResult:
-    """Score the model's candidates (``units``: block or sublayer) with the recipe's scorer and its options."""
+    """Score the model's candidates (``units``: block or sublayer) with the recipe's scorer (or ``scorer``, a
+    schedule's own) and the options under ``scoring.options`` that it takes."""
     recipe = inputs.recipe
     cfg, name = recipe.scoring, scorer or recipe.scoring.scorer
-    settings = {"n": cfg.angular_n}
-    if cfg.proxy_k:
-        settings.update(proxy=cfg.proxy, proxy_k=cfg.proxy_k, proxy_fraction=cfg.proxy_fraction)
     return run_scorer(name, inputs.model, inputs.tokenizer, inputs.calibration, granularity=units,
                       batch_size=cfg.batch_size, max_length=recipe.data.max_length, seed=recipe.train.seed,
-                      **scorer_options(name, **settings))
+                      **scorer_options(name, **cfg.options))

@@ -39,7 +39,7 @@ from trimllm.plan import count_parameters
 from trimllm.prompts import MCItem
 from trimllm.records import RunFile, StagePlan, StageRecord
 from trimllm.report import progress_line, stage_line, stage_plots, stage_report, throughput_line
-from trimllm.rundir import check_data, data_fingerprint, prepare, unlock
+from trimllm.rundir import continued_run_file, data_fingerprint, resume_point, unlock
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.candidates import remove_candidate
 from trimllm.stages import StageFiles, StageSpec, stage_spec
@@ -105,33 +105,20 @@ def _run(recipe: Recipe, overwrite: bool) -> dict:
 
 
 def setup(recipe: Recipe, overwrite: bool) -> RunState:
-    """Prepare the output directory (fresh, or resumed when it holds a run of the same recipe), the model (the
-    last completed stage's when resuming) and the train-side data."""
+    """Prepare the output directory (fresh, or resumed when it holds a run of the same recipe: :mod:`trimllm.rundir`),
+    the model (the last completed stage's when resuming) and the train-side data."""
     out = Path(recipe.output_dir)
-    previous = on_main(prepare, out, recipe, overwrite)
-    barrier()
-    source = recipe.model.name
-    if previous and previous.stages:
-        source = out / previous.stages[-1].dir
-        if is_main():
-            logger.info("resuming %s after stage %d", out, previous.stages[-1].stage)
+    previous, source = resume_point(out, recipe, overwrite)
     model, tokenizer = load_model(source, dtype=recipe.model.dtype)
     get_arch(model)  # an unsupported family fails here, in one message, before any data or training
     problems = target_module_problems(model, recipe.lora.target_modules)
     if problems:
         raise RecipeError(problems, "recipe")
     data = training_data(recipe.data, tokenizer)
-    fingerprint = data_fingerprint(data, recipe.data)
-    if previous:
-        check_data(out, previous.data, fingerprint)  # before anything is rewritten
+    run_file = continued_run_file(out, recipe, previous, get_plan(model), data_fingerprint(data, recipe.data))
     if recipe.data.source and is_main():  # the user's data set as an lm-eval task (eval.tasks, plain lm_eval)
         write_task(recipe.data, RunDir(out).tasks)
     calibration = CalibrationSet(data_name(recipe.data), data.calibration, recipe.data.seed)
-    plan = get_plan(model)
-    run_file = previous or RunFile(recipe.to_dict(), plan.base_model, plan.num_layers, plan.params_original)
-    run_file.data = fingerprint
-    if run_file.running and run_file.running.stage != len(run_file.stages):
-        run_file.running = None  # a decision whose stage completed after all: decide the next one afresh
     return RunState(recipe, out, model, tokenizer, calibration, data.validation, data.examples, run_file,
                     metric=data.metric)
 

@@ -47,11 +47,15 @@ class Registry(Generic[T]):
         self.fixed = fixed  # leading positional parameters every plug-in takes (not options)
         self._items: dict[str, T] = {}
         self._facts: dict[str, object] = {}
+        self._checks: dict[str, Callable[[dict], list[str]]] = {}
 
-    def register(self, name: str | None = None, facts: object = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, facts: object = None,
+                 checks: Callable[[dict], list[str]] | None = None) -> Callable[[T], T]:
         """Register under ``name``, by default the defining module's file name (the plug-in convention), with the
         ``facts`` the rest of trimllm may ask of the plug-in (:meth:`facts`; a typed record of the plug-in's kind,
-        e.g. :class:`trimllm.schedules.ScheduleFacts`), so that nothing outside the registry compares its name."""
+        e.g. :class:`trimllm.schedules.ScheduleFacts`), so that nothing outside the registry compares its name, and
+        the ``checks`` of its options' values (given every option, defaults filled in; returns the problems), so
+        that a recipe's options are checked where they are defined (:meth:`option_problems`)."""
 
         def decorator(obj: T) -> T:
             key = name or obj.__module__.rsplit(".", 1)[-1]
@@ -59,6 +63,8 @@ class Registry(Generic[T]):
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._items[key] = obj
             self._facts[key] = facts
+            if checks is not None:
+                self._checks[key] = checks
             return obj
 
         return decorator
@@ -100,6 +106,22 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} does not take option {unknown[0]!r}.{did_you_mean(unknown[0], takes)} "
                 f"It takes: {', '.join(takes) or 'no options'}."
             )
+
+    def defaults(self, name: str) -> dict:
+        """Every option of plug-in ``name`` with its default (those without one are left out)."""
+        parameters = inspect.signature(self.get(name)).parameters
+        return {o: parameters[o].default for o in self.options(name) if parameters[o].default is not parameters[o].empty}
+
+    def option_problems(self, name: str, options: dict, where: str, passed: Iterable[str] = ()) -> list[str]:
+        """Every problem with ``options`` given to plug-in ``name`` under the recipe key ``where``: an option it does
+        not take (``passed``: those trimllm itself passes, never the user's), then its own checks of the values."""
+        takes = [o for o in self.options(name) if o not in passed]
+        unknown = [o for o in options if o not in takes]
+        if unknown:
+            return [f"{where}: {self.kind} {name!r} does not take option {o!r}.{did_you_mean(o, takes)} "
+                    f"It takes: {', '.join(takes) or 'no options'}." for o in unknown]
+        check = self._checks.get(name)
+        return [f"{where}: {problem}" for problem in check({**self.defaults(name), **options})] if check else []
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -123,6 +123,33 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
     return None
 
 
+def resume_point(out: Path, recipe: Recipe, overwrite: bool) -> tuple[RunFile | None, str | Path]:
+    """Start ``out`` or take up the earlier run of the same recipe there (:func:`prepare`, on rank 0): (its run file
+    or None, the model to load: the last completed stage's when resuming, else the recipe's)."""
+    from trimllm.distributed import barrier, is_main, on_main
+
+    previous = on_main(prepare, out, recipe, overwrite)
+    barrier()
+    if not (previous and previous.stages):
+        return previous, recipe.model.name
+    if is_main():
+        logger.info("resuming %s after stage %d", out, previous.stages[-1].stage)
+    return previous, out / previous.stages[-1].dir
+
+
+def continued_run_file(out: Path, recipe: Recipe, previous: RunFile | None, plan, fingerprint: dict[str, str]) -> RunFile:
+    """The run file the stage loop goes on with: the earlier run's, its data checked against ``fingerprint``
+    before anything is rewritten (a decided stage whose training completed after all is decided afresh), or a new
+    one for the model's ``plan``."""
+    if previous:
+        check_data(out, previous.data, fingerprint)
+    run_file = previous or RunFile(recipe.to_dict(), plan.base_model, plan.num_layers, plan.params_original)
+    run_file.data = fingerprint
+    if run_file.running and run_file.running.stage != len(run_file.stages):
+        run_file.running = None
+    return run_file
+
+
 def data_fingerprint(data, cfg) -> dict[str, str]:
     """A hash per part of the records a run uses (train examples, validation and calibration items, and a user
     data set's test side, which its task file holds): a resume on changed data is refused by :func:`check_data`."""
@@ -194,14 +221,30 @@ class RecipeChange(NamedTuple):
 
 # Defaults that changed since v0.1: the former value, and why. A run saved under the former default holds it in its
 # resolved.yaml, so it is refused as another recipe rather than silently resumed under a different method.
-CHANGED_DEFAULTS = {"scoring.order": ("rescore", "progressive scores once and keeps that order; study v2")}
+CHANGED_DEFAULTS = {"schedule.options.order": ("rescore", "progressive scores once and keeps that order; study v2")}
+
+
+def _saved_recipe(out: Path) -> dict:
+    """The recipe saved in ``out`` in the current spelling, the plug-ins' option defaults filled in as they are in
+    a new recipe (a run folder of v0.2 spelled the options elsewhere: :mod:`trimllm.recipe_file`)."""
+    from trimllm.plugin_options import resolve_defaults
+    from trimllm.recipe_file import build_recipe, upgrade
+
+    raw = yaml.safe_load(RunDir(out).resolved.read_text()) or {}
+    if isinstance(raw.get("scoring"), dict) and "options" not in (raw.get("schedule") or {}):
+        # Written before v0.3 (which always writes schedule.options): where it names no order it ran v0.1's.
+        raw["scoring"].setdefault("order", CHANGED_DEFAULTS["schedule.options.order"][0])
+    upgrade(raw, saved=True)
+    keys = set(raw)
+    typed = resolve_defaults(build_recipe(raw, [])).to_dict()
+    return {k: v for k, v in typed.items() if k in keys}  # a section the saved run lacks ran at its then default
 
 
 def _changed(out: Path, recipe: Recipe) -> RecipeChange:
     """How ``recipe`` differs from the one saved in ``out``. A key the saved recipe lacks (one this trimllm added
     since) ran at the default of its time, so a run started before an upgrade still resumes when the new recipe
     leaves the key at that value."""
-    saved, new = _flatten(yaml.safe_load(RunDir(out).resolved.read_text())), _flatten(recipe.to_dict())
+    saved, new = _flatten(_saved_recipe(out)), _flatten(recipe.to_dict())
     then = {**_flatten(Recipe().to_dict()), **{k: former for k, (former, _) in CHANGED_DEFAULTS.items()}}
     old = {**{k: v for k, v in then.items() if k in new}, **saved}
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))

@@ -3,8 +3,8 @@ with which adapter, from which seed, and where Progressive Layer Dropping's cloc
 
 A stage trains ``train.steps_per_stage`` steps, except stage 0 (``train.stage0_steps``: 0 = the model given is
 already tuned) and the stage after the last removal (``train.final_stage_steps``, the recovery or "healing" of
-ShortGPT and Gromov et al. 2024). A pruned model (one that has lost modules) trains at ``train.pruned_lr`` with a
-``lora.pruned_r`` / ``pruned_alpha`` adapter where set (study v2: rank 64 at 3x the learning rate). PLD's keep
+ShortGPT and Gromov et al. 2024). A pruned model (one that has lost modules) trains at ``pruned.lr`` with a
+``pruned.r`` / ``pruned.alpha`` adapter where set (study v2: rank 64 at 3x the learning rate). PLD's keep
 probability theta(t) decays over the whole run (Zhang & He 2020), so a stage's clock starts at the optimizer steps
 its earlier stages took, as recorded, not at ``stage x steps_per_stage``.
 """
@@ -61,12 +61,12 @@ def stage_spec(recipe: Recipe, stage: int, pruned: bool, last_removal: bool = Fa
                earlier: list[StageRecord] = ()) -> StageSpec:
     """The training of ``stage`` of ``recipe`` for a model that is ``pruned`` (or not), whose removal reaches the
     target (``last_removal``), after the completed stages ``earlier``."""
-    train, lora = recipe.train, recipe.lora
-    r, alpha = (lora.pruned_r or lora.r, lora.pruned_alpha or lora.alpha) if pruned else (lora.r, lora.alpha)
+    train, lora, over = recipe.train, recipe.lora, recipe.pruned
+    r, alpha = (over.r or lora.r, over.alpha or lora.alpha) if pruned else (lora.r, lora.alpha)
     return StageSpec(
         stage=stage,
         steps=stage_steps(recipe, stage, last_removal),
-        lr=train.pruned_lr if pruned and train.pruned_lr is not None else train.lr,
+        lr=over.lr if pruned and over.lr is not None else train.lr,
         lora_r=r,
         lora_alpha=alpha,
         seed=train.seed + stage,

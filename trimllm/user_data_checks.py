@@ -36,7 +36,7 @@ def user_data_problems(recipe) -> list[str]:
                         "lm-eval task and its files), e.g. my_reviews")
     if not 0 < cfg.test_fraction < 1:
         problems.append(f"data.test_fraction = {cfg.test_fraction} must be in (0, 1)")
-    if cfg.format != "multiple_choice" and "task_accuracy" in (recipe.scoring.scorer, recipe.scoring.proxy):
+    if cfg.format != "multiple_choice" and "task_accuracy" in (recipe.scoring.scorer, recipe.scoring.options.get("proxy")):
         problems.append(f"scoring.scorer task_accuracy needs multiple-choice data (data.format is {cfg.format}); use "
                         "block_influence, calibration_loss or another scorer")
     if problems:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from trimllm.config import Recipe, parse_recipe
+from trimllm.config import Recipe
 from trimllm.errors import RecipeError
+from trimllm.plugin_options import option_problems, resolve_defaults
+from trimllm.recipe_file import build_recipe, read_recipe
 from trimllm.registry import did_you_mean
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply ``key=value`` overrides, resolve the defaults that depend on the schedule and check
-    every value; raise :class:`RecipeError` listing all problems."""
-    recipe, problems, source = parse_recipe(path, overrides)
+    """Read a YAML recipe, apply ``key=value`` overrides, read v0.2 keys in their new spelling, fill in the plug-ins'
+    option defaults and check every value; raise :class:`RecipeError` listing all problems."""
+    raw, problems, source = read_recipe(path, overrides)
+    recipe = build_recipe(raw, problems)
     problems += source_mapping(recipe.data)
     problems += semantic_problems(resolve_defaults(recipe))
     if problems:
@@ -48,20 +51,6 @@ def source_mapping(cfg) -> list[str]:
     return []
 
 
-def resolve_defaults(recipe: Recipe) -> Recipe:
-    """Fill in the settings whose default depends on the schedule, so that resolved.yaml names what runs."""
-    from trimllm.schedules import SCHEDULES
-
-    if recipe.scoring.order is None:
-        # A schedule that takes an order runs its own default (progressive: fixed; study v2, BENCHMARKS.md: at 50 %
-        # removed on SciQ re-scored reached 0.405, fixed 0.682). The others keep v0.1's value, so that their runs
-        # saved before resume unchanged.
-        name = recipe.schedule.name
-        taken = name in SCHEDULES and "order" in SCHEDULES.options(name)
-        recipe.scoring.order = SCHEDULES.default(name, "order") if taken else "rescore"
-    return recipe
-
-
 def semantic_problems(recipe: Recipe) -> list[str]:
     """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
     return (_name_problems(recipe) + _range_problems(recipe) + _size_problems(recipe) + _choice_problems(recipe)
@@ -76,14 +65,13 @@ def _name_problems(recipe: Recipe) -> list[str]:
     from trimllm.scoring import SCORERS
     from trimllm.scoring.candidates import GRANULARITIES
 
-    named = [("scoring.scorer", recipe.scoring.scorer, SCORERS), ("scoring.proxy", recipe.scoring.proxy, SCORERS),
-             ("schedule.name", recipe.schedule.name, SCHEDULES), ("freeze.mode", recipe.freeze.mode, FREEZING),
-             ("lora.method", recipe.lora.method, METHODS)]
+    named = [("scoring.scorer", recipe.scoring.scorer, SCORERS), ("schedule.name", recipe.schedule.name, SCHEDULES),
+             ("freeze.mode", recipe.freeze.mode, FREEZING), ("lora.method", recipe.lora.method, METHODS)]
     problems = [f"{key} {value!r} unknown.{did_you_mean(value, registry.names())} Available: {', '.join(registry.names())}"
                 for key, value, registry in named if value not in registry]
     if recipe.scoring.granularity not in GRANULARITIES:
         problems.append(f"scoring.granularity must be one of {GRANULARITIES}")
-    return problems
+    return problems + option_problems(recipe)
 
 
 def _range_problems(recipe: Recipe) -> list[str]:
@@ -92,11 +80,9 @@ def _range_problems(recipe: Recipe) -> list[str]:
 
     processes, floor = world_size(), recipe.stop.accuracy_floor
     checks = [
-        (0 < recipe.scoring.proxy_fraction <= 1, f"scoring.proxy_fraction = {recipe.scoring.proxy_fraction} must be in (0, 1]"),
         (0 < recipe.pld.theta_bar <= 1 and recipe.pld.gamma >= 0, f"pld.theta_bar = {recipe.pld.theta_bar} must be in (0, 1] and pld.gamma = {recipe.pld.gamma} >= 0"),
         (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
         (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
-        (recipe.schedule.per_stage >= 1, "schedule.per_stage must be >= 1"),
         (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
         (recipe.train.final_stage_steps is None or recipe.train.final_stage_steps >= 1,
          "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
@@ -133,26 +119,24 @@ def _stop_problems(recipe: Recipe) -> list[str]:
 
 def _size_problems(recipe: Recipe) -> list[str]:
     """Counts and rates that cannot work. A size of 0 or below is refused, never read as "all" (null means all)."""
-    d, t, lora, s, e = recipe.data, recipe.train, recipe.lora, recipe.scoring, recipe.eval
+    d, t, lora, s, e, p = recipe.data, recipe.train, recipe.lora, recipe.scoring, recipe.eval, recipe.pruned
     at_least_one = [("data.n_train", d.n_train, "null for all the rest of the train side"),
                     ("data.max_length", d.max_length, ""), ("train.batch_size", t.batch_size, ""),
                     ("train.grad_accum", t.grad_accum, ""), ("train.logging_steps", t.logging_steps, ""),
-                    ("lora.r", lora.r, ""), ("lora.pruned_r", lora.pruned_r, "null for lora.r"),
+                    ("lora.r", lora.r, ""), ("pruned.r", p.r, "null for lora.r"),
                     ("scoring.batch_size", s.batch_size, ""),
-                    ("scoring.angular_n", s.angular_n, ""), ("scoring.proxy_k", s.proxy_k, "null to scan every candidate"),
                     ("stop.max_modules", recipe.stop.max_modules, "null for no limit"),
                     ("eval.batch_size", e.batch_size, "")]
     problems = [f"{key} = {value} must be >= 1" + (f" ({hint})" if hint else "")
                 for key, value, hint in at_least_one if value is not None and value < 1]
     checks = [
         (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
-        (t.pruned_lr is None or (math.isfinite(t.pruned_lr) and t.pruned_lr > 0),
-         f"train.pruned_lr = {t.pruned_lr} must be a positive number (null for train.lr)"),
+        (p.lr is None or (math.isfinite(p.lr) and p.lr > 0),
+         f"pruned.lr = {p.lr} must be a positive number (null for train.lr)"),
         (0 <= t.warmup_ratio < 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
         (math.isfinite(t.weight_decay) and t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay} must be >= 0"),
         (lora.alpha > 0, f"lora.alpha = {lora.alpha} must be > 0"),
-        (lora.pruned_alpha is None or lora.pruned_alpha > 0,
-         f"lora.pruned_alpha = {lora.pruned_alpha} must be > 0 (null for lora.alpha)"),
+        (p.alpha is None or p.alpha > 0, f"pruned.alpha = {p.alpha} must be > 0 (null for lora.alpha)"),
         (0 <= lora.dropout < 1, f"lora.dropout = {lora.dropout} must be in [0, 1)"),
         (e.limit is None or e.limit > 0, f"eval.limit = {e.limit} must be > 0 (documents per task), or null for all"),
     ]
@@ -231,27 +215,20 @@ def _distill_problems(recipe: Recipe) -> list[str]:
     """The distillation settings, and a teacher the schedule can provide."""
     from trimllm.schedules import SCHEDULES, schedule_facts
 
-    cfg, order, name = recipe.distill, recipe.scoring.order, recipe.schedule.name
-    if name not in SCHEDULES:
-        return []  # named in _name_problems
-    ordered = [n for n in SCHEDULES.names() if "order" in SCHEDULES.options(n)]
+    cfg, name = recipe.distill, recipe.schedule.name
+    if name not in SCHEDULES or not cfg.enabled:
+        return []  # an unknown schedule is named in _name_problems
     checks = [
-        (order in ("rescore", "fixed"), f"scoring.order = {order!r} must be rescore or fixed"),
-        (order == "rescore" or name in ordered,
-         f"scoring.order = fixed applies to schedule {' or '.join(ordered)}, not {name!r}"),
+        (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
+        (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
+        (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
+        (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
+        (cfg.teacher_dtype in ("auto", "float32", "bfloat16", "float16"),
+         f"distill.teacher_dtype = {cfg.teacher_dtype!r} must be auto, float32, bfloat16 or float16"),
+        (cfg.teacher != "stage0" or schedule_facts(name).full_depth_stage0,
+         f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {name!r} does not "
+         "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
     ]
-    if cfg.enabled:
-        checks += [
-            (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
-            (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
-            (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
-            (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
-            (cfg.teacher_dtype in ("auto", "float32", "bfloat16", "float16"),
-             f"distill.teacher_dtype = {cfg.teacher_dtype!r} must be auto, float32, bfloat16 or float16"),
-            (cfg.teacher != "stage0" or schedule_facts(name).full_depth_stage0,
-             f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {name!r} does not "
-             "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
-        ]
     return [message for ok, message in checks if not ok]
 
 

@@ -19,7 +19,7 @@ from tests.integration.test_train import TINY_RUN, run_tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-RUN = ["schedule.per_stage=1", "stop.target_fraction=0.34", "train.lr=1e-2", "scoring.scorer=block_influence"]
+RUN = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.lr=1e-2", "scoring.scorer=block_influence"]
 
 
 def _weights(directory) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_qlora_on_cuda_trains_and_exports_full_precision(tmp_path):
     tiny = save_tiny("llama", tmp_path / "tiny")
-    plan = run_tiny(tiny, tmp_path / "q", "lora.method=qlora", "schedule.per_stage=1", "stop.target_fraction=0.34",
+    plan = run_tiny(tiny, tmp_path / "q", "lora.method=qlora", "schedule.options.per_stage=1", "stop.target_fraction=0.34",
                     "lora.r=2", "train.lr=1e-2")
     assert [len(s["removed"]) for s in plan["stages"]] == [0, 1, 2]
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "q" / "final")

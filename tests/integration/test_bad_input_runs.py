@@ -25,7 +25,7 @@ trimllm = run_cli  # `trimllm(capsys, monkeypatch, *args)` reads like the comman
 
 def train(capsys, monkeypatch, tiny_dir, out, *overrides):
     return trimllm(capsys, monkeypatch, "train", SMOKE, f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN,
-                   "schedule.name=oneshot", "stop.target_fraction=0.34", *overrides)
+                   "schedule=oneshot", "stop.target_fraction=0.34", *overrides)
 
 
 def test_a_run_that_failed_before_stage_0_does_not_block_its_fix(capsys, monkeypatch, tmp_path, tiny_dir):
@@ -114,7 +114,7 @@ def test_train_and_eval_print_no_warning_a_user_cannot_act_on(tmp_path, tiny_dir
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     train = subprocess.run([*trimllm_bin, "train", SMOKE, f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN,
-                            "schedule.name=none"], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+                            "schedule=none"], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     evaluation = subprocess.run([*trimllm_bin, "eval", str(out / "final"), "--tasks", "sciq", "--limit", "2"],
                                 capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     for result in (train, evaluation):

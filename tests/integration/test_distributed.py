@@ -16,7 +16,7 @@ from tests.integration.test_train import TINY_RUN, run_tiny
 
 pytestmark = pytest.mark.integration
 
-RUN = ["schedule.per_stage=1", "stop.target_fraction=0.34", "train.lr=1e-3"]
+RUN = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.lr=1e-3"]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_qlora_merges_a_low_rank_update_into_full_precision_weights(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "q", "lora.method=qlora", "schedule.name=none", "lora.r=2", "train.lr=1e-2")
+    plan = run_tiny(tiny_dir, tmp_path / "q", "lora.method=qlora", "schedule=none", "lora.r=2", "train.lr=1e-2")
     config = json.loads((tmp_path / "q" / "final" / "config.json").read_text())
     assert "quantization_config" not in config
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)

@@ -19,7 +19,7 @@ from trimllm.validation import load_recipe
 
 pytestmark = pytest.mark.integration
 
-RESUME_RUN = ["schedule.per_stage=1", "stop.target_fraction=0.34", "train.steps_per_stage=4", "train.save_steps=2"]
+RESUME_RUN = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.steps_per_stage=4", "train.save_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def kill_run(tiny_dir, out, at: str, extra: list[str]) -> list[str]:
     return overrides
 
 
-DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=0.5", "scoring.order=fixed"]
+DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=0.5", "schedule.options.order=fixed"]
 
 
 @pytest.mark.parametrize("extra", [[], DISTILL], ids=["plain", "distill"])
@@ -69,9 +69,9 @@ def test_killed_mid_stage_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path,
 
 
 def test_rerunning_a_finished_run_returns_its_plan(tiny_dir, tmp_path):
-    first = run_tiny(tiny_dir, tmp_path / "done", "schedule.name=none")
+    first = run_tiny(tiny_dir, tmp_path / "done", "schedule=none")
     stamp = (tmp_path / "done" / "final" / "model.safetensors").stat().st_mtime_ns
-    again = run_tiny(tiny_dir, tmp_path / "done", "schedule.name=none")
+    again = run_tiny(tiny_dir, tmp_path / "done", "schedule=none")
     assert without_times(again) == without_times(first)
     assert (tmp_path / "done" / "final" / "model.safetensors").stat().st_mtime_ns == stamp  # nothing retrained
 
@@ -82,23 +82,23 @@ def test_a_run_of_an_older_trimllm_without_the_newer_keys_still_resumes(tiny_dir
     away from its default still is."""
     import yaml
 
-    first = run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none")
+    first = run_tiny(tiny_dir, tmp_path / "old", "schedule=none")
     saved = yaml.safe_load((tmp_path / "old" / "resolved.yaml").read_text())
     for key in ("source", "format", "doc_to_text", "text_field", "splits", "test_fraction"):
         del saved["data"][key]
     del saved["train"]["seed"]  # a newer key that is valid without own data too
     (tmp_path / "old" / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    assert without_times(run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none")) == without_times(first)
+    assert without_times(run_tiny(tiny_dir, tmp_path / "old", "schedule=none")) == without_times(first)
     # (own-data keys such as data.test_fraction are now refused without data.source, before any run folder is read)
     with pytest.raises(FileExistsError, match=r"different recipe \(train\.seed: 0 -> 1\)"):
-        run_tiny(tiny_dir, tmp_path / "old", "schedule.name=none", "train.seed=1")
+        run_tiny(tiny_dir, tmp_path / "old", "schedule=none", "train.seed=1")
 
 
 def test_a_different_recipe_is_refused_with_the_differences(tiny_dir, tmp_path):
-    run_tiny(tiny_dir, tmp_path / "r", "schedule.name=none")
+    run_tiny(tiny_dir, tmp_path / "r", "schedule=none")
     with pytest.raises(FileExistsError, match=r"different recipe \(train\.lr: 0\.0003 -> 0\.001\)"):
         run(load_recipe(ROOT / "recipes" / "smoke.yaml", [f"model.name={tiny_dir}", f"output_dir={tmp_path / 'r'}",
-                                                          *TINY_RUN, "schedule.name=none", "train.lr=1e-3"]))
+                                                          *TINY_RUN, "schedule=none", "train.lr=1e-3"]))
 
 
 def test_killed_run_with_small_exports_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path):
@@ -118,34 +118,53 @@ def test_killed_run_with_small_exports_resumes_to_the_same_plan_and_model(tiny_d
     assert not (out / "stage_00").exists() and (out / "stage_01").is_dir()  # the last two of three stages
 
 
+def v02_spelling(saved: dict) -> dict:
+    """A resolved.yaml as v0.2 wrote it: the plug-in options and the pruned overrides under their former keys."""
+    options = saved["schedule"].pop("options")
+    saved["schedule"]["per_stage"] = options.get("per_stage", 1)
+    saved["scoring"].pop("options")
+    saved["scoring"].update(proxy_k=None, proxy="block_influence", proxy_fraction=0.25, angular_n=1,
+                            order=options.get("order", "rescore"))  # v0.2 wrote rescore where there was no order
+    pruned = saved.pop("pruned")
+    saved["lora"].update(pruned_r=pruned["r"], pruned_alpha=pruned["alpha"])
+    saved["train"]["pruned_lr"] = pruned["lr"]
+    return saved
+
+
 def test_a_progressive_run_saved_under_the_former_order_default_resumes_only_when_told(tiny_dir, tmp_path):
-    """scoring.order's default for progressive changed from rescore to fixed (study v2): a run saved under the old
-    default (its resolved.yaml says rescore, or has no scoring.order at all) is refused, with the override that
-    resumes it as it started, instead of continuing under the other order; other schedules resume as before."""
+    """The progressive order's default changed from rescore to fixed (study v2): a run saved under the old default
+    (its resolved.yaml says rescore, or has no scoring.order at all) is refused, with the override that resumes it as
+    it started, instead of continuing under the other order; a run folder of v0.2 (the former spelling) resumes."""
     import yaml
 
     from trimllm.rundir import prepare
 
     out = tmp_path / "old"
-    run_tiny(tiny_dir, out, "schedule.name=none")
-    saved = yaml.safe_load((out / "resolved.yaml").read_text())
-    assert saved["scoring"]["order"] == "rescore"  # the only order a non-progressive schedule has
-    del saved["scoring"]["order"]  # a run from before the key existed
+    run_tiny(tiny_dir, out, "schedule=none")
+    saved = v02_spelling(yaml.safe_load((out / "resolved.yaml").read_text()))
+    assert saved["scoring"]["order"] == "rescore"  # the only order a non-progressive schedule had
     (out / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     base = [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_RUN]
-    assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "schedule.name=none"]), False)
+    assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "schedule=none"]), False)
+    del saved["scoring"]["order"]  # a run from before the key existed
+    (out / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "schedule=none"]), False)
 
-    saved["schedule"]["name"] = "progressive"
+    saved["schedule"].update(name="progressive", per_stage=2)
     for order in ("absent", "rescore"):  # saved before the key existed; saved under the former default
         if order == "rescore":
             saved["scoring"]["order"] = order
         (out / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
         progressive = load_recipe(ROOT / "recipes" / "smoke.yaml", base)
-        assert progressive.schedule.name == "progressive" and progressive.scoring.order == "fixed"
-        with pytest.raises(FileExistsError, match=r"scoring\.order: 'rescore' -> 'fixed'.*pass scoring\.order=rescore"
-                                                  r" to resume this run"):
+        assert progressive.schedule.name == "progressive" and progressive.schedule.options["order"] == "fixed"
+        with pytest.raises(FileExistsError, match=r"schedule\.options\.order: 'rescore' -> 'fixed'.*pass "
+                                                  r"schedule\.options\.order=rescore to resume this run"):
             prepare(out, progressive, False)
-        assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "scoring.order=rescore"]), False)
+        assert prepare(out, load_recipe(ROOT / "recipes" / "smoke.yaml", [*base, "schedule.options.order=rescore"]),
+                       False)
+    saved["scoring"]["order"] = "fixed"  # v0.2's progressive default, spelled the v0.2 way: resumes as it is
+    (out / "resolved.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert prepare(out, progressive, False)
 
 
 def test_a_killed_run_resumes_after_its_run_options_changed(tiny_dir, tmp_path):

@@ -41,7 +41,7 @@ def without_times(plan: dict) -> dict:
 @pytest.mark.parametrize(
     "schedule, overrides, expected_removed",
     [
-        ("progressive", ["scoring.scorer=block_influence", "schedule.per_stage=1", "stop.target_fraction=0.34"], 2),
+        ("progressive", ["scoring.scorer=block_influence", "schedule.options.per_stage=1", "stop.target_fraction=0.34"], 2),
         ("trimllm", ["stop.target_fraction=0.25", "scoring.scorer=task_accuracy"], 3),
         ("oneshot", ["stop.target_fraction=0.5", "scoring.scorer=angular"], 3),
         ("tuned_oneshot", ["stop.target_fraction=0.5"], 3),
@@ -50,7 +50,7 @@ def without_times(plan: dict) -> dict:
 )
 def test_every_schedule_runs_and_writes_its_outputs(tiny_dir, tmp_path, schedule, overrides, expected_removed):
     out = tmp_path / schedule
-    plan = run_tiny(tiny_dir, out, f"schedule.name={schedule}", *overrides)
+    plan = run_tiny(tiny_dir, out, f"schedule={schedule}", *overrides)
     removed = plan["stages"][-1]["removed"]
     units = sum(2 if m.startswith("block.") else 1 for m in removed) if schedule == "trimllm" else len(removed)
     assert units == expected_removed, removed
@@ -73,7 +73,7 @@ def test_every_schedule_runs_and_writes_its_outputs(tiny_dir, tmp_path, schedule
 
 
 def test_trimllm_schedule_drops_one_half_per_stage(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "t", "schedule.name=trimllm", "stop.max_modules=2",
+    plan = run_tiny(tiny_dir, tmp_path / "t", "schedule=trimllm", "stop.max_modules=2",
                     "stop.target_fraction=null", "scoring.scorer=task_accuracy")
     for stage in plan["stages"][1:]:
         (dropped,) = stage["dropped"]
@@ -87,7 +87,7 @@ def test_trimllm_schedule_drops_one_half_per_stage(tiny_dir, tmp_path):
 @pytest.mark.parametrize("mode", ["static", "progtuning", "contribution", "bottom"])
 def test_freezing_modes(tiny_dir, tmp_path, mode):
     plan = run_tiny(tiny_dir, tmp_path / mode, f"freeze.mode={mode}", "freeze.fraction=0.5",
-                    "schedule.per_stage=1", "stop.target_fraction=0.34")
+                    "schedule.options.per_stage=1", "stop.target_fraction=0.34")
     frozen = [s["frozen"] for s in plan["stages"]]
     assert all(f for f in frozen[1:])
     if mode == "static":
@@ -108,7 +108,7 @@ def test_freezing_modes(tiny_dir, tmp_path, mode):
 @pytest.mark.parametrize("mode", ["static", "bottom"])
 def test_frozen_blocks_are_not_trained(tiny_dir, tmp_path, mode):
     plan = run_tiny(tiny_dir, tmp_path / "full", f"freeze.mode={mode}", "freeze.fraction=0.5", "lora.method=full",
-                    "schedule.name=none")
+                    "schedule=none")
     frozen = {int(b.split(".")[1]) for b in plan["stages"][0]["frozen"]}
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final")
@@ -122,15 +122,15 @@ def test_frozen_blocks_are_not_trained(tiny_dir, tmp_path, mode):
 
 
 def test_same_seed_same_plan(tiny_dir, tmp_path):
-    first = run_tiny(tiny_dir, tmp_path / "a", "schedule.per_stage=1", "stop.target_fraction=0.34")
-    second = run_tiny(tiny_dir, tmp_path / "b", "schedule.per_stage=1", "stop.target_fraction=0.34")
+    first = run_tiny(tiny_dir, tmp_path / "a", "schedule.options.per_stage=1", "stop.target_fraction=0.34")
+    second = run_tiny(tiny_dir, tmp_path / "b", "schedule.options.per_stage=1", "stop.target_fraction=0.34")
     strip = lambda p: {**without_times(p), "recipe": None}  # noqa: E731  (output_dir differs)
     assert strip(first) == strip(second)
 
 
 def test_accuracy_floor_chooses_the_smallest_model_that_meets_it(tiny_dir, tmp_path):
     plan = run_tiny(tiny_dir, tmp_path / "floor", "stop.target_fraction=0.5", "stop.accuracy_floor=0.5",
-                    "schedule.per_stage=1")
+                    "schedule.options.per_stage=1")
     reference = plan["stages"][0]["val_acc"]
     eligible = [s for s in plan["stages"] if s["val_acc"] >= 0.5 * reference]
     assert plan["final"]["stage"] == min(eligible, key=lambda s: (s["params"], -s["val_acc"]))["stage"]
@@ -156,13 +156,13 @@ def test_cli_train_refuses_a_used_output_dir(tiny_dir, tmp_path):
 
 def test_parameter_target_stops_the_loop(tiny_dir, tmp_path):
     plan = run_tiny(tiny_dir, tmp_path / "params", "stop.target_fraction=null", "stop.target_params_fraction=0.2",
-                    "schedule.per_stage=1")
+                    "schedule.options.per_stage=1")
     original = plan["params_original"]
     assert plan["stages"][-1]["params"] <= 0.8 * original < plan["stages"][-2]["params"]
 
 
 def test_progressive_layer_dropping_run(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "pld", "pld.enabled=true", "pld.gamma=1.0", "schedule.per_stage=1",
+    plan = run_tiny(tiny_dir, tmp_path / "pld", "pld.enabled=true", "pld.gamma=1.0", "schedule.options.per_stage=1",
                     "stop.target_fraction=0.34", "train.steps_per_stage=4")
     assert [len(s["removed"]) for s in plan["stages"]] == [0, 1, 2]
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "pld" / "final")
@@ -191,7 +191,7 @@ def test_pruned_rank_and_lr_give_the_pruned_model_its_own_adapter(tiny_dir, tmp_
         return trainee
 
     monkeypatch.setattr(Lora, "prepare", recording)
-    plan = run_tiny(tiny_dir, tmp_path / "r", "schedule.name=tuned_oneshot", "stop.target_fraction=0.34", "lora.r=2",
+    plan = run_tiny(tiny_dir, tmp_path / "r", "schedule=tuned_oneshot", "stop.target_fraction=0.34", "lora.r=2",
                     "lora.alpha=4", "lora.pruned_r=6", "lora.pruned_alpha=12", "train.lr=1e-3", "train.pruned_lr=3e-3")
     assert [len(s["removed"]) for s in plan["stages"]] == [0, 2] and ranks == [(2, 4), (6, 12)]
     assert rates == [1e-3, 3e-3]
@@ -199,7 +199,7 @@ def test_pruned_rank_and_lr_give_the_pruned_model_its_own_adapter(tiny_dir, tmp_
 
 def test_final_stage_steps_train_the_last_structure_longer(tiny_dir, tmp_path):
     out = tmp_path / "recovery"
-    plan = run_tiny(tiny_dir, out, "schedule.per_stage=1", "stop.target_fraction=0.34", "train.final_stage_steps=5")
+    plan = run_tiny(tiny_dir, out, "schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.final_stage_steps=5")
     steps = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -213,7 +213,7 @@ def test_final_stage_steps_train_the_last_structure_longer(tiny_dir, tmp_path):
 def test_stage0_steps_zero_starts_from_the_given_model_as_it_is(tiny_dir, tmp_path):
     """train.stage0_steps=0: stage 0 exports the model given, untouched, and is the stage0 teacher of what follows."""
     out = tmp_path / "from-final"
-    plan = run_tiny(tiny_dir, out, "schedule.per_stage=1", "stop.target_fraction=0.34", "train.stage0_steps=0",
+    plan = run_tiny(tiny_dir, out, "schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.stage0_steps=0",
                     "distill.enabled=true", "scoring.order=fixed")
     steps = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
@@ -229,19 +229,19 @@ def test_stage0_steps_zero_starts_from_the_given_model_as_it_is(tiny_dir, tmp_pa
 
 def test_rerun_removes_what_killed_atomic_writes_left_behind(tiny_dir, tmp_path):
     out = tmp_path / "litter"
-    first = run_tiny(tiny_dir, out, "schedule.name=none")
+    first = run_tiny(tiny_dir, out, "schedule=none")
     (out / ".stage_01.tmp-abc").mkdir()
     (out / ".stage_01.tmp-abc" / "model.safetensors").write_bytes(b"half")
     (out / ".run.json.tmp-123").write_text("{")
     (out / ".final.old-42").mkdir()
-    again = run_tiny(tiny_dir, out, "schedule.name=none")  # the same recipe: resumes (here: already finished)
+    again = run_tiny(tiny_dir, out, "schedule=none")  # the same recipe: resumes (here: already finished)
     assert without_times(again) == without_times(first)
     # only trimllm's working folder and the run lock remain (the lock file stays: see trimllm.rundir.unlock)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name not in (".trainer", ".lock")) == []
 
 
 def test_length_grouping_trains_the_same_tokens_with_less_padding_and_reports_them(tiny_dir, tmp_path, caplog):
-    one_epoch = ["schedule.name=none", "train.steps_per_stage=4"]  # 16 examples, batch 4
+    one_epoch = ["schedule=none", "train.steps_per_stage=4"]  # 16 examples, batch 4
     with caplog.at_level("INFO", logger="trimllm"):
         grouped = run_tiny(tiny_dir, tmp_path / "grouped", *one_epoch)["stages"][0]
     plain = run_tiny(tiny_dir, tmp_path / "random", *one_epoch, "train.group_by_length=false")["stages"][0]
@@ -259,18 +259,18 @@ def test_length_grouping_trains_the_same_tokens_with_less_padding_and_reports_th
 
 
 def test_fixed_order_removes_in_the_order_scored_once_on_the_stage0_model(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "fixed", "schedule.per_stage=1", "stop.target_fraction=0.5")  # the default
+    plan = run_tiny(tiny_dir, tmp_path / "fixed", "schedule.options.per_stage=1", "stop.target_fraction=0.5")  # the default
     first = plan["stages"][1]["scores"]
     order = sorted(first, key=first.get)
     assert [s["dropped"][0] for s in plan["stages"][1:]] == order[:3]
-    rescored = run_tiny(tiny_dir, tmp_path / "rescore", "scoring.order=rescore", "schedule.per_stage=1",
+    rescored = run_tiny(tiny_dir, tmp_path / "rescore", "scoring.order=rescore", "schedule.options.per_stage=1",
                         "stop.target_fraction=0.5")
     assert rescored["stages"][1]["dropped"] == plan["stages"][1]["dropped"]  # the same first decision
     assert len(rescored["stages"][2]["scores"]) == 5  # rescoring scores the 5 remaining blocks anew
 
 
 def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_path):
-    common = ["schedule.per_stage=1", "stop.target_fraction=0.34"]
+    common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34"]
     distilled = run_tiny(tiny_dir, tmp_path / "kd", *common, "distill.enabled=true", "distill.alpha=0",
                          "distill.tokens=all", "distill.hidden_weight=0.5")
     plain = run_tiny(tiny_dir, tmp_path / "ce", *common)
@@ -296,7 +296,7 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
 def test_distillation_trains_with_every_method_and_pld(tiny_dir, tmp_path, method):
     """The stage-0 teacher distils into a full fine-tune, a QLoRA adapter and a PLD run alike: the pruned stages'
     losses are finite and differ from the same run without a teacher, and the final model loads."""
-    common = ["schedule.per_stage=1", "stop.target_fraction=0.34", *method]
+    common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", *method]
     run_tiny(tiny_dir, tmp_path / "kd", *common, "distill.enabled=true", "distill.alpha=0")
     run_tiny(tiny_dir, tmp_path / "ce", *common)
 
@@ -328,7 +328,7 @@ def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypat
         return loss(self, inputs, *args)
 
     monkeypatch.setattr(Distiller, "loss", recording)
-    run_tiny(tiny_dir, tmp_path / "kd", "schedule.per_stage=1", "stop.target_fraction=0.34", "distill.enabled=true")
+    run_tiny(tiny_dir, tmp_path / "kd", "schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill.enabled=true")
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
 
     def encoded(records):
@@ -344,7 +344,7 @@ def test_no_warning_a_user_cannot_act_on(tiny_dir, tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_tiny(tiny_dir, tmp_path / "quiet", "schedule.name=none")
+        run_tiny(tiny_dir, tmp_path / "quiet", "schedule=none")
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
 
 
@@ -352,7 +352,7 @@ def test_report_to_tensorboard_writes_event_files_in_the_run_folder(tiny_dir, tm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    run_tiny(tiny_dir, out, "schedule.name=oneshot", "stop.target_fraction=0.34", "train.report_to=tensorboard")
+    run_tiny(tiny_dir, out, "schedule=oneshot", "stop.target_fraction=0.34", "train.report_to=tensorboard")
     stage = out / "tensorboard" / "stage_00"
     events = EventAccumulator(str(stage)).Reload()
     losses = [e.value for e in events.Scalars("train/loss")]
@@ -364,7 +364,7 @@ def test_export_dtype_and_stages_keep_disk_small_and_the_resume_point_exact(tiny
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    plan = run_tiny(tiny_dir, out, "schedule.name=progressive", "schedule.per_stage=1", "stop.target_fraction=0.34",
+    plan = run_tiny(tiny_dir, out, "schedule.name=progressive", "schedule.options.per_stage=1", "stop.target_fraction=0.34",
                     "export.dtype=bfloat16", "export.stages=final")
     assert [s["dir"] for s in plan["stages"]] == ["stage_00", "stage_01", "stage_02"]
     assert not (out / "stage_00").exists()  # older than the last two
@@ -385,7 +385,7 @@ def test_export_dtype_and_stages_keep_disk_small_and_the_resume_point_exact(tiny
 def test_tuned_oneshot_is_progressive_removing_everything_at_stage_1(tiny_dir, tmp_path):
     """tuned_oneshot = progressive with one removal stage of the whole budget: the same blocks, scored on the same
     stage-0 fine-tuned model, and the same trained result."""
-    tuned = run_tiny(tiny_dir, tmp_path / "tuned", "schedule.name=tuned_oneshot", "stop.target_fraction=0.5")
-    progressive = run_tiny(tiny_dir, tmp_path / "progressive", "schedule.name=progressive", "schedule.per_stage=99",
+    tuned = run_tiny(tiny_dir, tmp_path / "tuned", "schedule=tuned_oneshot", "stop.target_fraction=0.5")
+    progressive = run_tiny(tiny_dir, tmp_path / "progressive", "schedule.name=progressive", "schedule.options.per_stage=99",
                            "stop.target_fraction=0.5")
     assert without_times(tuned)["stages"] == without_times(progressive)["stages"]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 TINY_RUN = ["data.n_train=24", "data.n_validation=8", "data.n_calibration=4", "data.max_length=64",
             "train.steps_per_stage=2", "train.batch_size=4", "train.logging_steps=1", "scoring.batch_size=8",
-            "schedule.name=oneshot", "stop.target_fraction=0.34", "eval.limit=null", "eval.batch_size=4"]
+            "schedule=oneshot", "stop.target_fraction=0.34", "eval.limit=null", "eval.batch_size=4"]
 SUMS = [{"q": f"{a} plus {b} is", "options": [str(a + b), str(a + b + 2), str(a * b + 9)], "gold": (a * b) % 3,
          "sum": str(a + b)} for a in range(9) for b in range(9)]
 
@@ -100,7 +100,7 @@ def test_the_python_entry_point_runs_a_recipe(tiny_dir, files, tmp_path):
         model={"name": str(tiny_dir)},
         data={"source": str(files / "sums.jsonl"), "format": "completion", "doc_to_text": "{{q}}",
               "doc_to_target": " {{sum}}", "n_train": 16, "n_validation": 8, "n_calibration": 4, "max_length": 64},
-        **{"train.steps_per_stage": 1, "train.batch_size": 4, "schedule.name": "none", "eval.tasks": []},
+        **{"train.steps_per_stage": 1, "train.batch_size": 4, "schedule": "none", "eval.tasks": []},
     )
     assert result["final"]["stage"] == 0 and (tmp_path / "api" / "final" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "api" / "run.json").read_text())["recipe"]["data"]["format"] == "completion"

@@ -49,14 +49,14 @@ def no_traceback(text: str) -> bool:
     ("train.report_to=[wandb]", "train.report_to 'wandb': its package is not installed"),
     ("train.deepspeed=/nonexistent/ds.json", "train.deepspeed: file /nonexistent/ds.json not found"),
     ("lora.r=0", "lora.r = 0 must be >= 1"),
-    ("lora.pruned_r=0", "lora.pruned_r = 0 must be >= 1 (null for lora.r)"),
-    ("train.pruned_lr=-1", "train.pruned_lr = -1.0 must be a positive number (null for train.lr)"),
-    ("lora.pruned_alpha=0", "lora.pruned_alpha = 0 must be > 0 (null for lora.alpha)"),
+    ("pruned.r=0", "pruned.r = 0 must be >= 1 (null for lora.r)"),
+    ("pruned.lr=-1", "pruned.lr = -1.0 must be a positive number (null for train.lr)"),
+    ("pruned.alpha=0", "pruned.alpha = 0 must be > 0 (null for lora.alpha)"),
     ("lora.alpha=0", "lora.alpha = 0 must be > 0"),
     ("lora.dropout=2", "lora.dropout = 2.0 must be in [0, 1)"),
-    ("scoring.proxy_k=-1", "scoring.proxy_k = -1 must be >= 1"),
+    ("scoring={scorer: task_accuracy, options: {proxy_k: -1}}", "scoring.options: proxy_k = -1 must be >= 1"),
     ("scoring.batch_size=0", "scoring.batch_size = 0 must be >= 1"),
-    ("scoring.proxy_fraction=0", "scoring.proxy_fraction = 0.0 must be in (0, 1]"),
+    ("scoring={scorer: task_accuracy, options: {proxy_fraction: 0}}", "scoring.options: proxy_fraction = 0 must be in (0, 1]"),
     ("stop.max_modules=-1", "stop.max_modules = -1 must be >= 1"),
     ("stop.target_fraction=1.5", "stop.target_fraction = 1.5 must be in (0, 1)"),
     ("stop.accuracy_floor=2", "stop.accuracy_floor = 2.0 must be in (0, 1]"),
@@ -66,8 +66,13 @@ def no_traceback(text: str) -> bool:
     ("model.dtype=int8", "model.dtype 'int8' unknown"),
     ("model.name=./no/such/model", "model.name: ./no/such/model not found"),
     ("model.name=/no/such/model.gguf", "model.name: /no/such/model.gguf not found"),
-    ("schedule.per_stage=0", "schedule.per_stage must be >= 1"),
+    ("schedule.options.per_stage=0", "schedule.options: per_stage = 0 must be an integer >= 1"),
     ("schedule.name=progresive", "Did you mean 'progressive'"),
+    ("schedule.options.per_stag=2", "schedule 'progressive' does not take option 'per_stag'. Did you mean 'per_stage'"),
+    ("schedule.name=tuned_oneshot", "schedule 'tuned_oneshot' does not take option 'per_stage'"),  # smoke's options
+    ("schedule.name=oneshot", "schedule=oneshot on the command line replaces the whole schedule"),
+    ("scoring.options.proxy_k=8", "scorer 'block_influence' does not take option 'proxy_k'"),
+    ("scoring={scorer: task_accuracy, options: {proxy: taylr, proxy_k: 8}}", "proxy 'taylr' is not a scorer"),
     ("scoring.scorer=block_influense", "Did you mean 'block_influence'"),
     ("freeze.fraction=1", "freeze.fraction = 1.0 must be in [0, 1)"),
     ("data.task=sciqq", "Did you mean 'sciq'"),
@@ -79,7 +84,7 @@ def no_traceback(text: str) -> bool:
     ("distill.enabled=true", "distill.teacher = stage0 needs a full-depth stage 0"),
 ])
 def test_validate_refuses_what_cannot_work(capsys, monkeypatch, override, words):
-    extra = ["schedule.name=oneshot", "stop.target_fraction=0.5"] if override == "distill.enabled=true" else []
+    extra = ["schedule=oneshot", "stop.target_fraction=0.5"] if override == "distill.enabled=true" else []
     code, out = trimllm(capsys, monkeypatch, "validate", SMOKE, override, *extra)
     assert code == 2 and words in out and no_traceback(out), out
 

@@ -125,15 +125,15 @@ def test_stage0_teacher_needs_a_full_depth_stage_0(schedule):
     from tests.conftest import ROOT
 
     with pytest.raises(RecipeError, match="needs a full-depth stage 0"):
-        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", f"schedule.name={schedule}",
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", f"schedule={schedule}",
                                                       "stop.target_fraction=0.2"])
 
 
 def test_fixed_order_only_with_progressive():
     from tests.conftest import ROOT
 
-    with pytest.raises(RecipeError, match="scoring.order = fixed applies to schedule progressive"):
-        load_recipe(ROOT / "recipes" / "smoke.yaml", ["scoring.order=fixed", "schedule.name=trimllm"])
+    with pytest.raises(RecipeError, match="schedule 'trimllm' does not take option 'order'"):
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ["schedule=trimllm", "schedule.options.order=fixed"])
 
 
 def test_progressive_removes_in_a_fixed_order_unless_told_to_rescore():
@@ -142,7 +142,7 @@ def test_progressive_removes_in_a_fixed_order_unless_told_to_rescore():
     from tests.conftest import ROOT
 
     smoke = ROOT / "recipes" / "smoke.yaml"
-    assert load_recipe(smoke).scoring.order == "fixed"  # smoke.yaml: progressive, no scoring.order
-    assert load_recipe(smoke, ["scoring.order=rescore"]).scoring.order == "rescore"
-    for schedule in ("trimllm", "oneshot", "tuned_oneshot", "none"):
-        assert load_recipe(smoke, [f"schedule.name={schedule}"]).scoring.order == "rescore"
+    assert load_recipe(smoke).schedule.options["order"] == "fixed"  # smoke.yaml: progressive, no order given
+    assert load_recipe(smoke, ["schedule.options.order=rescore"]).schedule.options["order"] == "rescore"
+    for schedule in ("trimllm", "oneshot", "tuned_oneshot", "none"):  # no order to choose: none in their options
+        assert "order" not in load_recipe(smoke, [f"schedule={schedule}"]).schedule.options

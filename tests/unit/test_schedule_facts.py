@@ -50,27 +50,27 @@ def problems(*overrides: str) -> list[str]:
 
 
 def test_the_checks_follow_the_declared_facts(registered):
-    assert problems("schedule.name=in_halves", "stop.target_fraction=null", "stop.max_modules=2") == [
+    assert problems("schedule=in_halves", "stop.target_fraction=null", "stop.max_modules=2") == [
         "schedule in_halves needs stop.target_fraction"]
-    assert problems("schedule.name=untouched", "stop.target_fraction=null") == []  # removes nothing: no stop rule
+    assert problems("schedule=untouched", "stop.target_fraction=null") == []  # removes nothing: no stop rule
     assert problems("schedule.name=chunked", "stop.target_fraction=null") == [
         "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"]
     # a stage0 teacher exists where stage 0 trains the full depth before anything is removed
     assert problems("schedule.name=chunked", "distill.enabled=true") == []
     assert any("distill.teacher = stage0 needs a full-depth stage 0, which schedule 'untouched'" in p
-               for p in problems("schedule.name=untouched", "distill.enabled=true"))
+               for p in problems("schedule=untouched", "distill.enabled=true"))
 
 
 def test_an_order_option_takes_its_default_from_the_signature_and_fixed_is_refused_elsewhere(registered):
-    assert load_recipe(SMOKE, ["schedule.name=in_halves"]).scoring.order == "rescore"  # in_halves' own default
-    assert load_recipe(SMOKE, ["schedule.name=in_halves", "scoring.order=fixed"]).scoring.order == "fixed"
-    refused = problems("schedule.name=chunked", "scoring.order=fixed")
-    assert len(refused) == 1 and "scoring.order = fixed applies to schedule in_halves or progressive, not 'chunked'" in refused[0]
+    assert load_recipe(SMOKE, ["schedule=in_halves"]).schedule.options == {"order": "rescore"}  # its own default
+    assert load_recipe(SMOKE, ["schedule=in_halves", "schedule.options.order=fixed"]).schedule.options == {"order": "fixed"}
+    refused = problems("schedule.name=chunked", "schedule.options.order=fixed")
+    assert len(refused) == 1 and "schedule 'chunked' does not take option 'order'" in refused[0]
 
 
 def test_progress_estimate_units_and_options_follow_the_facts(registered):
     fresh = Plan("m", "llama", 30)
-    recipe = load_recipe(SMOKE, ["schedule.name=in_halves", "scoring.granularity=block", "stop.target_fraction=0.1"])
+    recipe = load_recipe(SMOKE, ["schedule=in_halves", "scoring.granularity=block", "stop.target_fraction=0.1"])
     assert granularity(recipe) == "sublayer"  # the schedule's units, whatever scoring says
     assert budget(fresh, recipe.stop, granularity(recipe)) == 6  # 10 % of 60 halves
     assert schedule_options(recipe) == {"order": "rescore"}  # per_stage (smoke.yaml: 2) is not one of its options
@@ -79,14 +79,14 @@ def test_progress_estimate_units_and_options_follow_the_facts(registered):
     chunked_recipe = load_recipe(SMOKE, ["schedule.name=chunked", "stop.target_fraction=0.2"])  # smoke: per_stage 2
     assert schedule_options(chunked_recipe) == {"per_stage": 2}
     assert expected_stages_for(chunked_recipe, fresh) == 1 + 3  # stage 0, then 6 blocks at 2 a stage
-    assert expected_stages_for(load_recipe(SMOKE, ["schedule.name=untouched"]), fresh) == 1
+    assert expected_stages_for(load_recipe(SMOKE, ["schedule=untouched"]), fresh) == 1
 
 
 def expected_stages_for(recipe: Recipe, plan: Plan) -> int | None:
     from trimllm.stop import expected_stages as by_name
 
     model = type("Model", (), {"trimllm_plan": plan})()  # get_plan reads the model's plan
-    assert expected_stages(recipe, model, 0) == by_name(recipe.schedule.name, recipe.schedule.per_stage, plan,
+    assert expected_stages(recipe, model, 0) == by_name(recipe.schedule.name, recipe.schedule.options.get("per_stage", 1), plan,
                                                          recipe.stop, granularity(recipe), 0)
     return expected_stages(recipe, model, 0)
 

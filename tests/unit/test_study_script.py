@@ -42,11 +42,11 @@ def test_every_arm_trains_the_same_steps_and_is_the_method_it_names(teacher):
     assert kd.distill.enabled and kd.distill.teacher == teacher and kd.model.name == "smollm2-135m"
     assert not recipe(teacher, "oneshot-ce").distill.enabled and recipe(teacher, "oneshot-ce").model.name == "smollm2-135m"
     fixed, rescore = recipe(teacher, "progressive-fixed-kd"), recipe(teacher, "progressive-rescore-ce")
-    assert (fixed.scoring.order, fixed.distill.enabled, fixed.distill.teacher) == ("fixed", True, "stage0")
-    assert (rescore.scoring.order, rescore.distill.enabled) == ("rescore", False)
+    assert (fixed.schedule.options["order"], fixed.distill.enabled, fixed.distill.teacher) == ("fixed", True, "stage0")
+    assert (rescore.schedule.options["order"], rescore.distill.enabled) == ("rescore", False)
     assert fixed.model.name == rescore.model.name == recipe(teacher, "oneshot-ft-ce").model.name == teacher
-    assert fixed.schedule.per_stage == 5  # 15 of 30 blocks in 3 stages
-    assert recipe(teacher, "progressive-fixed-kd", 0.25).schedule.per_stage == 3  # 8 of 30 blocks, the last stage capped
+    assert fixed.schedule.options["per_stage"] == 5  # 15 of 30 blocks in 3 stages
+    assert recipe(teacher, "progressive-fixed-kd", 0.25).schedule.options["per_stage"] == 3  # 8 of 30 blocks, the last stage capped
     assert study["uses_teacher"]("oneshot-kd") and not study["uses_teacher"]("oneshot-ce")
     # the recovery levers: each differs from oneshot-ft-ce in the one setting it names
     base = recipe(teacher, "oneshot-ft-ce")
@@ -100,8 +100,8 @@ def test_default_arm_is_what_the_shipped_recipe_runs():
     assert arm.startswith({"tuned_oneshot": "oneshot-ft"}.get(finance.schedule.name, finance.schedule.name))
     assert arm.endswith("-kd") == finance.distill.enabled
     # the recovery levers as recipe settings: the pruned model's rank or learning rate
-    assert ("-r64" in arm) == (finance.lora.pruned_r == 64)
-    assert arm.endswith("-lr") == (finance.train.pruned_lr is not None and finance.train.pruned_lr > finance.train.lr)
+    assert ("-r64" in arm) == (finance.pruned.r == 64)
+    assert arm.endswith("-lr") == (finance.pruned.lr is not None and finance.pruned.lr > finance.train.lr)
 
 
 def test_markdown_lists_every_run_and_comparison():

@@ -40,8 +40,8 @@ def test_every_method_gets_at_most_the_budget_and_progressive_reaches_its_fracti
             total = per_stage
         assert 24 <= total <= 32, r
     per_stage = {r["removed_fraction"]: r["overrides"] for r in runs if r["method"] == "progressive"}
-    assert "schedule.per_stage=5" in per_stage[0.5]  # 15 of 30 blocks in 3 stages
-    assert "schedule.per_stage=3" in per_stage[0.25]  # 8 of 30 (rounded) in 3 stages, the last one capped
+    assert "schedule.options.per_stage=5" in per_stage[0.5]  # 15 of 30 blocks in 3 stages
+    assert "schedule.options.per_stage=3" in per_stage[0.25]  # 8 of 30 (rounded) in 3 stages, the last one capped
 
 
 def test_targets_say_met_and_not_met():

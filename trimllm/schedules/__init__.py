@@ -40,6 +40,7 @@ class ScheduleFacts:
     stages: int | None = None  # the stages of every run when fixed (oneshot: 1, tuned_oneshot: 2); None: the budget's
     needs_target_fraction: bool = False  # it removes everything up to stop.target_fraction at once
     granularity: str | None = None  # the units it removes whatever scoring.granularity says (trimllm: halves)
+    scorer: str | None = None  # the scorer it uses whatever scoring.scorer says (trimllm: task_accuracy)
 
 
 def schedule_facts(name: str) -> ScheduleFacts:

@@ -15,7 +15,17 @@ from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 from trimllm.scoring import ScoreResult, list_candidates
 
 
-@SCHEDULES.register(facts=ScheduleFacts())
+def _checks(options: dict) -> list[str]:
+    per_stage, order = options["per_stage"], options["order"]
+    problems = []
+    if not isinstance(per_stage, int) or isinstance(per_stage, bool) or per_stage < 1:
+        problems.append(f"per_stage = {per_stage!r} must be an integer >= 1 (modules removed per stage)")
+    if order not in ("fixed", "rescore"):
+        problems.append(f"order = {order!r} must be fixed (score once, after stage 0) or rescore (every stage)")
+    return problems
+
+
+@SCHEDULES.register(facts=ScheduleFacts(), checks=_checks)
 def progressive(ctx: StageContext, per_stage: int = 1, order: str = "fixed") -> Decision:
     if ctx.stage == 0:
         return Decision()

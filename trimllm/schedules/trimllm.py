@@ -7,13 +7,14 @@ from __future__ import annotations
 from trimllm.schedules import SCHEDULES, Decision, ScheduleFacts, StageContext
 
 
-@SCHEDULES.register(facts=ScheduleFacts(granularity="sublayer"))  # the paper removes halves
+@SCHEDULES.register(facts=ScheduleFacts(granularity="sublayer", scorer="task_accuracy"))  # the paper's scan of halves
 def trimllm(ctx: StageContext) -> Decision:
     if ctx.stage == 0:
         return Decision()
     if ctx.budget <= 0:
         return Decision(last=True)
-    scores = ctx.score("sublayer", scorer="task_accuracy")
+    facts = SCHEDULES.facts("trimllm")
+    scores = ctx.score(facts.granularity, scorer=facts.scorer)
     ranked = scores.ranked()
     best_attn = next(((c, s) for c, s in ranked if c.startswith("attn.")), None)
     best_mlp = next(((c, s) for c, s in ranked if c.startswith("mlp.")), None)

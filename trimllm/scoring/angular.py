@@ -22,7 +22,13 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.arccos(F.cosine_similarity(a.float(), b.float(), dim=-1).clamp(-1, 1)) / math.pi
 
 
-@SCORERS.register()
+def _checks(options: dict) -> list[str]:
+    n = options["n"]
+    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    return [] if ok else [f"n = {n!r} must be an integer >= 1 (the run length of blocks)"]
+
+
+@SCORERS.register(checks=_checks)
 def angular(model, tokenizer, calibration, candidates, n: int = 1, batch_size: int = 8, max_length: int = 1024):
     plan = get_plan(model)
     last_pos = len(plan.kept) - 1

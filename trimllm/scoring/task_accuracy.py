@@ -39,10 +39,25 @@ from trimllm.scoring.candidates import skipping
 from trimllm.scoring.forward import capture_calls, hidden_without
 
 
-@SCORERS.register()
+def _checks(options: dict) -> list[str]:
+    k, proxy, fraction = options["proxy_k"], options["proxy"], options["proxy_fraction"]
+    problems = []
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        problems.append(f"proxy_k = {k!r} must be >= 1 (null to scan every candidate)")
+    if proxy not in SCORERS:
+        problems.append(f"proxy {proxy!r} is not a scorer. Available: {', '.join(SCORERS.names())}")
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        problems.append(f"proxy_fraction = {fraction!r} must be in (0, 1] (the share of the questions the "
+                        "task_accuracy proxy scans)")
+    if not isinstance(options["fast"], bool):
+        problems.append(f"fast = {options['fast']!r} must be true or false")
+    return problems
+
+
+@SCORERS.register(checks=_checks)
 def task_accuracy(
     model, tokenizer, calibration, candidates, batch_size: int = 8, max_length: int = 1024, fast: bool = True,
-    proxy: str | None = None, proxy_k: int | None = None, proxy_fraction: float = 0.25,
+    proxy: str = "block_influence", proxy_k: int | None = None, proxy_fraction: float = 0.25,
 ):
     items, texts = calibration.items, calibration.texts()
 
