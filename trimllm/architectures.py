@@ -36,6 +36,9 @@ class ArchSpec:
         per_layer_config: config fields that are lists with one entry per block and must be sliced.
         prefix_count_config: index-valued config fields of the form "the first N blocks ..." (Qwen's
             ``max_window_layers``), remapped to the number of kept blocks whose original index is below N.
+        mlp_post_norm: a norm applied to the MLP branch after its output projection (Gemma-3), relative to a block;
+            a linear bridge (:mod:`trimllm.bridge`) then folds into its scale, diagonal, instead of into ``mlp_out``.
+        norm_weight_offset: the family's norms scale by ``offset + weight`` (Gemma: 1), not by ``weight``.
     """
 
     model_type: str
@@ -50,6 +53,8 @@ class ArchSpec:
     layer_idx_attrs: tuple[str, ...] = ("self_attn.layer_idx",)
     per_layer_config: tuple[str, ...] = ()
     prefix_count_config: tuple[str, ...] = field(default=())
+    mlp_post_norm: str | None = None
+    norm_weight_offset: float = 0.0
 
 
 _ROWS = [
@@ -64,6 +69,8 @@ _ROWS = [
         mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
         layer_idx_attrs=("layer_idx", "self_attn.layer_idx"),
         per_layer_config=("layer_types",),
+        mlp_post_norm="post_feedforward_layernorm",
+        norm_weight_offset=1.0,
     ),
     # Phi-3 fuses q/k/v and gate/up, but the output projections keep Llama's names.
     ArchSpec("phi3"),

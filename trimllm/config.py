@@ -136,6 +136,16 @@ class PrunedConfig:
 
 
 @dataclass
+class BridgeConfig:
+    """A linear bridge at each cut of removed blocks, fitted on the calibration set and folded into the block before
+    the cut, no parameter added (ReplaceMe, Shopkhoev et al. 2025; trimllm.bridge). ``bridge: null`` (the default)
+    removes blocks plainly; ``bridge: {}`` bridges with the settings below."""
+
+    ridge: float = 0.01  # pull toward identity (plain removal), relative to the activations' scale; > 0
+    n_tokens: int | None = None  # calibration tokens to fit on; null = every token of the calibration texts
+
+
+@dataclass
 class PLDConfig:
     """Progressive Layer Dropping during training (Zhang & He 2020); see trimllm.pld."""
 
@@ -184,6 +194,7 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pruned: PrunedConfig = field(default_factory=PrunedConfig)
+    bridge: BridgeConfig | None = None
     pld: PLDConfig = field(default_factory=PLDConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

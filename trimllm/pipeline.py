@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from trimllm import stop
 from trimllm.architectures import get_arch
 from trimllm.atomic import atomic_directory, write_text_atomic
+from trimllm.bridge import fit_bridges, fold_bridge
 from trimllm.config import Recipe, RecipeError
 from trimllm.decisions import Inputs, expected_stages, frozen_blocks, granularity, schedule_decision
 from trimllm.distill import load_teacher, teacher_source
@@ -41,7 +42,8 @@ from trimllm.records import RunFile, StagePlan, StageRecord
 from trimllm.report import progress_line, stage_line, stage_plots, stage_report, throughput_line
 from trimllm.rundir import continued_run_file, data_fingerprint, resume_point, unlock
 from trimllm.scoring import CalibrationSet, ScoreResult
-from trimllm.scoring.candidates import remove_candidate
+from trimllm.scoring.calibration import build_lm_batches
+from trimllm.scoring.candidates import parse, remove_candidate
 from trimllm.stages import StageFiles, StageSpec, stage_spec
 from trimllm.surgery import freeze_blocks, get_plan
 from trimllm.training import StageStats, peak_memory_mb, train_stage
@@ -133,12 +135,26 @@ def decide(state: RunState, stage: int) -> StagePlan | None:
     decision = on_main(schedule_decision, inputs, stage)
     if stage > 0 and not decision.drop:
         return None
-    for candidate in decision.drop:  # the freezing choice looks at the structure after this stage's removals
-        remove_candidate(state.model, candidate)
+    remove(state, decision.drop)  # the freezing choice looks at the structure after this stage's removals
     frozen = on_main(frozen_blocks, inputs, stage)
     scores = decision.scores
     return StagePlan(stage, list(decision.drop), decision.last, scores.scorer if scores else None,
                      scores.scores if scores else {}, frozen, time.perf_counter() - started)
+
+
+def remove(state: RunState, candidates: list[str]) -> None:
+    """Remove the stage's candidates; with ``bridge`` set, a linear bridge fitted on the calibration texts is first
+    folded in at each cut of whole blocks (ReplaceMe; :mod:`trimllm.bridge`). Deterministic, so a resumed stage
+    redoes it exactly."""
+    blocks = [index for kind, index in map(parse, candidates) if kind == "block"]
+    cfg = state.recipe.bridge
+    if cfg is not None and blocks:
+        batches = build_lm_batches(state.tokenizer, state.calibration.texts(), state.recipe.scoring.batch_size,
+                                   state.recipe.data.max_length)
+        for before, bridge in fit_bridges(state.model, batches, blocks, cfg.ridge, cfg.n_tokens).items():
+            fold_bridge(state.model, before, bridge)
+    for candidate in candidates:
+        remove_candidate(state.model, candidate)
 
 
 def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
@@ -150,8 +166,7 @@ def run_stage(state: RunState, plan: StagePlan) -> StageRecord:
     recipe, structure = state.recipe, get_plan(state.model)
     resume = state.run.running is not None
     if resume:  # the removals of a decided stage are redone on the last completed stage's model
-        for candidate in plan.dropped:
-            remove_candidate(state.model, candidate)
+        remove(state, plan.dropped)
     if chooses_anew(recipe.freeze.mode):
         structure.frozen = []
     if plan.frozen:

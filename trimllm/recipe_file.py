@@ -112,9 +112,11 @@ def _build(cls, raw, prefix: str, problems: list[str]):
         if key not in names:
             problems.append(f"unknown key {prefix}{key}.{did_you_mean(key, names)} Known: {', '.join(sorted(names))}")
             continue
-        hint = hints[key]
+        hint, section = hints[key], _optional_section(hints[key])
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
+        elif section is not None:  # a section that is off when null (bridge: null), on with its settings
+            kwargs[key] = None if value is None else _build(section, value, f"{prefix}{key}.", problems)
         elif _type_ok(value, hint):
             kwargs[key] = float(value) if hint in (float, float | None) and isinstance(value, int) else value
         elif isinstance(value, str) and _type_ok(_number(value), hint):
@@ -123,6 +125,12 @@ def _build(cls, raw, prefix: str, problems: list[str]):
         else:
             problems.append(f"{prefix}{key} = {value!r} should be {_type_name(hint)}")
     return cls(**kwargs)
+
+
+def _optional_section(hint):
+    """``X`` for a hint ``X | None`` where ``X`` is a section (a dataclass), else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
 
 
 def _number(text: str):

@@ -155,7 +155,9 @@ def stage_plots(run_dir: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
+    metrics = RunDir(run_dir).metrics  # absent when no stage trained a step (oneshot with train.stage0_steps=0)
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    records = [json.loads(line) for line in lines if line.strip()]
     losses = [r for r in records if "loss" in r]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     offset, boundaries, xs, ys = 0, [], [], []

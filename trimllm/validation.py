@@ -127,8 +127,12 @@ def _size_problems(recipe: Recipe) -> list[str]:
                     ("scoring.batch_size", s.batch_size, ""),
                     ("stop.max_modules", recipe.stop.max_modules, "null for no limit"),
                     ("eval.batch_size", e.batch_size, "")]
+    if recipe.bridge is not None:
+        at_least_one.append(("bridge.n_tokens", recipe.bridge.n_tokens, "null for every calibration token"))
     problems = [f"{key} = {value} must be >= 1" + (f" ({hint})" if hint else "")
                 for key, value, hint in at_least_one if value is not None and value < 1]
+    if recipe.bridge is not None and not (math.isfinite(recipe.bridge.ridge) and recipe.bridge.ridge > 0):
+        problems.append(f"bridge.ridge = {recipe.bridge.ridge} must be > 0 (the pull toward plain removal, e.g. 0.01)")
     checks = [
         (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
         (p.lr is None or (math.isfinite(p.lr) and p.lr > 0),

@@ -50,7 +50,7 @@ def kill_run(tiny_dir, out, at: str, extra: list[str]) -> list[str]:
 DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=0.5", "schedule.options.order=fixed"]
 
 
-@pytest.mark.parametrize("extra", [[], DISTILL], ids=["plain", "distill"])
+@pytest.mark.parametrize("extra", [[], DISTILL, ["bridge={}"]], ids=["plain", "distill", "bridge"])
 def test_killed_mid_stage_resumes_to_the_same_plan_and_model(tiny_dir, tmp_path, extra):
     reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN, *extra)
     out = tmp_path / "killed"

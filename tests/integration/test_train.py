@@ -389,3 +389,21 @@ def test_tuned_oneshot_is_progressive_removing_everything_at_stage_1(tiny_dir, t
     progressive = run_tiny(tiny_dir, tmp_path / "progressive", "schedule.name=progressive", "schedule.options.per_stage=99",
                            "stop.target_fraction=0.5")
     assert without_times(tuned)["stages"] == without_times(progressive)["stages"]
+
+
+def test_a_bridged_run_differs_from_plain_removal_only_in_the_block_before_each_cut(tiny_dir, tmp_path):
+    """``bridge: {}``: the same blocks go; the bridge is folded into the output projection of the kept block before
+    each run of removed blocks, and nothing else changes (no parameter added: the family's own architecture)."""
+    from safetensors.torch import load_file
+
+    common = ["schedule=oneshot", "stop.target_fraction=0.34", "train.stage0_steps=0", "scoring.scorer=depth"]
+    plain = run_tiny(tiny_dir, tmp_path / "plain", *common)
+    bridged = run_tiny(tiny_dir, tmp_path / "bridged", *common, "bridge={}")
+    removed = plain["stages"][0]["removed"]
+    assert removed == bridged["stages"][0]["removed"] == ["block.4", "block.5"]  # depth: the last blocks
+    a = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "bridged" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = sorted(k for k in a if not torch.equal(a[k], b[k]))
+    assert changed == ["model.layers.3.mlp.down_proj.weight"], changed
+    assert bridged["stages"][0]["val_acc"] >= 0  # validated like any stage

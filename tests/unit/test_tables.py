@@ -70,6 +70,7 @@ def test_report_score_and_evaluation_tables():
     ("bench_scan.py", "scan.json", {}), ("bench_train.py", "train.json", {"render": "markdown"}),
     ("bench_train.py", "train.json", {"render": "grouping_markdown"}), ("study_v1.py", "study.json", {}),
     ("study_v1.py", "study_cuda.json", {}), ("bench_distill.py", "train.json", {"render": "distillation_markdown"}),
+    ("bench_bridge.py", "bridge.json", {}),
     ("study.py", "study_v2.json", {}),
 ])
 def test_benchmark_tables_rendered_from_their_figures(script, figures, options):

@@ -41,6 +41,13 @@ def drop(
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it holds an earlier trimllm output (never a folder "
                                                    "with other files).")] = False,
     dtype: DtypeOpt = "auto",
+    bridge: Annotated[str | None, typer.Option(help="Fit a linear bridge at each cut of --blocks on this data (a bundled "
+                                                    "task's train side, or a recipe .yaml's data) and fold it into "
+                                                    "the block before the cut (ReplaceMe); no training.")] = None,
+    bridge_samples: Annotated[int, typer.Option(help="Train-side texts to fit the bridge on (as many more, held out, "
+                                                     "for the LM loss it reports).")] = 64,
+    bridge_ridge: Annotated[float, typer.Option(help="Pull of the bridge toward identity (plain removal), relative "
+                                                     "to the activations' scale.")] = 1e-2,
 ) -> None:
     """Remove blocks (or attention / MLP halves) and export a standard Hugging Face model."""
     block_ids = parse_indices(blocks, "--blocks")
@@ -48,13 +55,21 @@ def drop(
     mlp_ids = parse_indices(mlp, "--mlp")
     if not (block_ids or attn_ids or mlp_ids):
         raise typer.BadParameter("nothing to remove: pass --blocks, --attention and/or --mlp", param_hint="--blocks")
+    if bridge and not block_ids:
+        raise typer.BadParameter("--bridge bridges the cuts of --blocks; pass --blocks", param_hint="--bridge")
+    check_sizes([("--bridge-samples", bridge_samples, 1)])
+    if not bridge_ridge > 0:
+        raise typer.BadParameter(f"must be > 0, got {bridge_ridge}", param_hint="--bridge-ridge")
     check_output(out, overwrite, None, "--out")
+    if bridge:
+        _check_bridge_data(bridge)
 
     from trimllm.export import save_compressed
     from trimllm.summary import describe
     from trimllm.surgery import bypass_attention, bypass_mlp, drop_blocks, get_plan
 
     loaded, tokenizer = load_for_cli(model, dtype)
+    bridged = _bridge(loaded, tokenizer, block_ids, bridge, bridge_samples, bridge_ridge) if bridge else None
     try:
         if attn_ids:
             bypass_attention(loaded, attn_ids)
@@ -66,7 +81,66 @@ def drop(
         raise typer.BadParameter(str(err), param_hint="--blocks/--attention/--mlp") from None
     save_compressed(loaded, tokenizer, out, plan=get_plan(loaded), overwrite=overwrite)
     typer.echo(describe(loaded))
+    if bridged:
+        loss = bridged["lm_loss"]
+        typer.echo(f"\nBridge at the cuts after blocks {bridged['bridged_cuts']}: LM loss on {bridge_samples} held-out "
+                   f"{bridge} texts {loss['full']} at full depth, {loss['plain']} after plain removal, "
+                   f"{loss['bridge']} with the bridge")
     typer.echo(f"\nSaved to {out}")
+
+
+def _bridge(model, tokenizer, blocks: list[int], data: str, samples: int, ridge: float) -> dict:
+    """Fit and fold the bridges of ``blocks`` on ``data``'s train side (held-out texts for the loss it reports)."""
+    from trimllm.bridge import bridge_cuts
+    from trimllm.scoring.calibration import build_lm_batches
+
+    fit, held_out = bridge_texts(data, tokenizer, samples)
+    try:
+        return bridge_cuts(model, blocks, build_lm_batches(tokenizer, fit, 8, 512),
+                           build_lm_batches(tokenizer, held_out, 8, 512), ridge)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--blocks") from None
+
+
+def _check_bridge_data(data: str) -> None:
+    """--bridge names a bundled task with a prompt, or a valid recipe: said before the model loads."""
+    if data.endswith((".yaml", ".yml")):
+        from trimllm.validation import load_recipe
+
+        load_recipe(data)  # every problem of the recipe, as `trimllm validate` says them
+        return
+    from trimllm.data import get_spec
+    from trimllm.prompts import supported
+
+    try:
+        get_spec(data)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--bridge") from None
+    if data not in supported():
+        raise typer.BadParameter(f"{data!r} has no prompt format; use one of {', '.join(supported())} or a recipe "
+                                 ".yaml", param_hint="--bridge")
+
+
+def bridge_texts(data: str, tokenizer, samples: int) -> tuple[list[str], list[str]]:
+    """Two disjoint sets of ``samples`` train-side texts of ``data`` (a bundled task, or a recipe's data)."""
+    from trimllm.scoring.calibration import CalibrationSet
+
+    if data.endswith((".yaml", ".yml")):
+        from trimllm.formats import training_data
+        from trimllm.validation import load_recipe
+
+        recipe = load_recipe(data, [f"data.n_calibration={samples}", f"data.n_validation={samples}", "data.n_train=1"])
+        drawn = training_data(recipe.data, tokenizer)
+        return CalibrationSet(data, drawn.calibration).texts(), CalibrationSet(data, drawn.validation).texts()
+    from trimllm.data import train_side_splits
+    from trimllm.prompts import mc_item
+
+    try:
+        splits = train_side_splits(data, n_validation=samples, n_calibration=samples)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--bridge") from None
+    texts = {k: CalibrationSet(data, [mc_item(data, r) for r in v]).texts() for k, v in splits.items()}
+    return texts["calibration"], texts["validation"]
 
 
 @app.command("eval")
