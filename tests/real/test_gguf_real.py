@@ -79,10 +79,15 @@ def test_smollm2_with_a_bypassed_attention_and_a_bypassed_mlp(tmp_path, capsys, 
     check_runs_the_same(tmp_path / "model", tmp_path, capsys, monkeypatch)
 
 
-def test_gemma3_with_a_full_attention_block_dropped(tmp_path, capsys, monkeypatch):
-    # Gemma-3-270M: blocks 5, 11, 17 attend globally, the rest through a 512-token window (RoPE base 10k vs 1M)
-    code, output = run_cli(capsys, monkeypatch, "drop", "gemma3-270m", "--blocks", "11", "--out", tmp_path / "model")
+def test_gemma3_with_a_full_attention_block_dropped_and_bridged(tmp_path, capsys, monkeypatch):
+    # Gemma-3-270M: blocks 5, 11, 17 attend globally, the rest through a 512-token window (RoPE base 10k vs 1M).
+    # The bridge folds into block 10's post-feed-forward norm (a diagonal scale, `1 + weight`), which llama.cpp reads
+    # through the converter's own offset: it must still run the model as transformers does.
+    code, output = run_cli(capsys, monkeypatch, "drop", "gemma3-270m", "--blocks", "11", "--bridge", "sciq",
+                           "--bridge-samples", "16", "--out", tmp_path / "model")
     assert code == 0, output
+    assert "Bridge at the cuts after blocks [10]" in output
     check_runs_the_same(tmp_path / "model", tmp_path, capsys, monkeypatch)
     pattern = metadata(tmp_path / "model-f16.gguf")["gemma3.attention.sliding_window_pattern"]
     assert [i for i, sliding in enumerate(pattern) if not sliding] == [5, 16]  # 17 -> 16 once 11 is gone
+
