@@ -1,9 +1,9 @@
 """The compute-matched study: trimllm's schedules against full-depth LoRA and one-shot pruning, on SmolLM2-135M.
 
-    python scripts/study.py                        # defaults below: about 75 minutes on a 2-core CPU
-    python scripts/study.py --tasks sciq --seeds 0,1 --budget-steps 48
-    python scripts/study.py --render-only          # re-write the BENCHMARKS.md section from benchmarks/study.json
-    python scripts/study.py --model smollm2-135m,gemma3-270m --out benchmarks/study_cuda.json \
+    python scripts/study_v1.py                        # defaults below: about 75 minutes on a 2-core CPU
+    python scripts/study_v1.py --tasks sciq --seeds 0,1 --budget-steps 48
+    python scripts/study_v1.py --render-only          # re-write the BENCHMARKS.md section from benchmarks/study.json
+    python scripts/study_v1.py --model smollm2-135m,gemma3-270m --out benchmarks/study_cuda.json \
         --section "Compute-matched study (CUDA)" --resume    # on a GPU; --resume skips the runs already in --out
 
 Protocol ("No Train No Gain": every method gets the same compute). Each run trains for the same number of
@@ -226,6 +226,9 @@ def markdown(figures: dict) -> str:
     s, records = figures["setup"], figures["records"]
     figures_file = s.get("figures", "benchmarks/study.json")
     lines = [
+        "Made by study v1, now `scripts/study_v1.py` (named `scripts/study.py` up to commit f4fb6e0, which the command "
+        "below names); superseded by study v2 below, whose budget can tell methods apart.",
+        "",
         f"Command: `{s['command']}` ({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
         f"{s['minutes']} min in all). Figures in `{figures_file}`, plot `{Path(figures_file).with_suffix('.png')}`.",
         "",
