@@ -237,13 +237,16 @@ def _takes_order(raw: dict) -> bool:
 
 
 def _forgive(raw: dict) -> None:
-    """Drop the moved options that a saved run's plug-in does not take (v0.2 ignored them)."""
-    from trimllm.schedules import SCHEDULES
+    """Drop the moved options that a saved run's plug-ins do not take (v0.2 ignored them): the schedule's, and the
+    scorer's that scored (the schedule's own where it declares one, as TrimLLM's scan)."""
+    from trimllm.schedules import SCHEDULES, schedule_facts
     from trimllm.scoring import SCORERS
 
-    for section, field, registry, default in (("schedule", "name", SCHEDULES, ScheduleConfig.name),
-                                              ("scoring", "scorer", SCORERS, ScoringConfig.scorer)):
-        node = raw.get(section) or {}
-        name, options = node.get(field, default), node.get("options")
-        if isinstance(options, dict) and name in registry:
-            node["options"] = {k: v for k, v in options.items() if k in registry.options(name)}
+    schedule, scoring = raw.get("schedule") or {}, raw.get("scoring") or {}
+    name = schedule.get("name", ScheduleConfig.name)
+    own = schedule_facts(name).scorer if name in SCHEDULES else None
+    for node, plugin, registry in ((schedule, name, SCHEDULES),
+                                   (scoring, own or scoring.get("scorer", ScoringConfig.scorer), SCORERS)):
+        options = node.get("options")
+        if isinstance(options, dict) and plugin in registry:
+            node["options"] = {k: v for k, v in options.items() if k in registry.options(plugin)}

@@ -119,3 +119,17 @@ def test_a_plugin_registers_the_checks_of_its_options():
     assert refused == ["thing.options: thing 'box' does not take option 'colur'. Did you mean 'colour'? "
                        "It takes: size, colour."]
     assert "does not take option 'size'" in things.option_problems("box", {"size": 2}, "x", passed=["size"])[0]
+
+
+def test_a_saved_v02_run_keeps_the_options_of_the_plugins_that_ran():
+    from trimllm.recipe_file import upgrade
+
+    # TrimLLM's schedule scans with task_accuracy whatever scoring.scorer says: its proxy_k was in effect
+    saved = {"schedule": {"name": "trimllm", "per_stage": 1},
+             "scoring": {"scorer": "block_influence", "proxy_k": 8, "order": "rescore", "angular_n": 1}}
+    assert upgrade(saved, saved=True) == []  # a run folder: no lines
+    assert saved["scoring"]["options"] == {"proxy_k": 8} and saved["schedule"] == {"name": "trimllm"}
+    # an option the run's plug-in did not take (v0.2 ignored it) is forgiven, not refused
+    ignored = {"schedule": {"name": "tuned_oneshot", "per_stage": 4}, "scoring": {"scorer": "depth", "proxy_k": 8}}
+    upgrade(ignored, saved=True)
+    assert ignored["schedule"]["options"] == {} and ignored["scoring"]["options"] == {}
