@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from contextlib import ExitStack
 
 from _common import (
     ROOT,
@@ -34,7 +33,7 @@ from trimllm.multiple_choice import mc_correct
 from trimllm.prompts import mc_item
 from trimllm.scoring import CalibrationSet, run_scorer
 from trimllm.scoring.calibration import build_lm_batches
-from trimllm.scoring.candidates import skipping
+from trimllm.scoring.candidates import skipping_all
 
 
 def main() -> None:
@@ -70,15 +69,11 @@ def task_rows(model, tokenizer, task: str, args) -> list[dict]:
     rows = []
     for fraction in map(float, args.fractions.split(",")):
         blocks = sorted(int(c.split(".")[1]) for c in order[: round(fraction * len(order))])
-        with ExitStack() as stack:
-            for b in blocks:
-                stack.enter_context(skipping(model, f"block.{b}"))
+        with skipping_all(model, [f"block.{b}" for b in blocks]):
             plain = mc_correct(model, tokenizer, eval_items, 8, args.max_length)
         bridged_model = copy.deepcopy(model)
         report = bridge_cuts(bridged_model, blocks, fit, held_out, args.ridge)
-        with ExitStack() as stack:
-            for b in blocks:
-                stack.enter_context(skipping(bridged_model, f"block.{b}"))
+        with skipping_all(bridged_model, [f"block.{b}" for b in blocks]):
             bridged = mc_correct(bridged_model, tokenizer, eval_items, 8, args.max_length)
         del bridged_model
         row = {"task": task, "fraction": fraction, "blocks": blocks, **report, "n": len(eval_items),

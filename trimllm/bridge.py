@@ -17,13 +17,12 @@ gets a diagonal ``T`` folded into that norm's scale, the exact fold that norm al
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import torch
 from torch import nn
 
 from trimllm.architectures import get_arch, get_layers, get_submodule
-from trimllm.scoring.candidates import skipping
+from trimllm.scoring.candidates import skipping_all
+from trimllm.scoring.forward import full_lm_loss
 from trimllm.scoring.residuals import residual_streams
 from trimllm.surgery import get_plan, unwrap
 
@@ -112,11 +111,9 @@ def lm_loss(model: nn.Module, batches: list[dict]) -> float:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in batches:
-        labels = batch["labels"].to(device)
-        loss = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                     labels=labels, use_cache=False).loss
-        n = int((labels[:, 1:] != -100).sum())
-        total, count = total + float(loss) * n, count + n
+        inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+        summed, n = full_lm_loss(model, inputs, batch["labels"])
+        total, count = total + summed, count + n
     return total / max(count, 1)
 
 
@@ -133,7 +130,5 @@ def bridge_cuts(model: nn.Module, blocks: list[int], fit: list[dict], held_out: 
 
 
 def _without(model: nn.Module, blocks: list[int], batches: list[dict]) -> float:
-    with ExitStack() as stack:
-        for b in blocks:
-            stack.enter_context(skipping(model, f"block.{b}"))
+    with skipping_all(model, [f"block.{b}" for b in blocks]):
         return lm_loss(model, batches)

@@ -26,10 +26,14 @@ def resolve_defaults(recipe: Recipe) -> Recipe:
 def scoring_plugin(recipe: Recipe) -> str:
     """The scorer whose options ``scoring.options`` are: the schedule's own where it has one (TrimLLM's scan),
     else ``scoring.scorer``."""
+    return scorer_of(recipe.schedule.name, recipe.scoring.scorer)
+
+
+def scorer_of(schedule: str, scorer: str) -> str:
+    """:func:`scoring_plugin` by names (a saved recipe's mapping has no typed recipe yet)."""
     from trimllm.schedules import SCHEDULES, schedule_facts
 
-    name = recipe.schedule.name
-    return (schedule_facts(name).scorer if name in SCHEDULES else None) or recipe.scoring.scorer
+    return (schedule_facts(schedule).scorer if schedule in SCHEDULES else None) or scorer
 
 
 def option_problems(recipe: Recipe) -> list[str]:

@@ -239,14 +239,14 @@ def _takes_order(raw: dict) -> bool:
 def _forgive(raw: dict) -> None:
     """Drop the moved options that a saved run's plug-ins do not take (v0.2 ignored them): the schedule's, and the
     scorer's that scored (the schedule's own where it declares one, as TrimLLM's scan)."""
-    from trimllm.schedules import SCHEDULES, schedule_facts
+    from trimllm.plugin_options import scorer_of
+    from trimllm.schedules import SCHEDULES
     from trimllm.scoring import SCORERS
 
     schedule, scoring = raw.get("schedule") or {}, raw.get("scoring") or {}
     name = schedule.get("name", ScheduleConfig.name)
-    own = schedule_facts(name).scorer if name in SCHEDULES else None
     for node, plugin, registry in ((schedule, name, SCHEDULES),
-                                   (scoring, own or scoring.get("scorer", ScoringConfig.scorer), SCORERS)):
+                                   (scoring, scorer_of(name, scoring.get("scorer", ScoringConfig.scorer)), SCORERS)):
         options = node.get("options")
         if isinstance(options, dict) and plugin in registry:
             node["options"] = {k: v for k, v in options.items() if k in registry.options(plugin)}

@@ -99,13 +99,9 @@ class Registry(Generic[T]):
 
     def check_options(self, name: str, options: Iterable[str]) -> None:
         """Raise :class:`UnknownOptionError` for any option plug-in ``name`` does not take."""
-        takes = self.options(name)
-        unknown = [o for o in options if o not in takes]
+        unknown = self._unknown_options(name, options, self.options(name))
         if unknown:
-            raise UnknownOptionError(
-                f"{self.kind} {name!r} does not take option {unknown[0]!r}.{did_you_mean(unknown[0], takes)} "
-                f"It takes: {', '.join(takes) or 'no options'}."
-            )
+            raise UnknownOptionError(unknown[0])
 
     def defaults(self, name: str) -> dict:
         """Every option of plug-in ``name`` with its default (those without one are left out)."""
@@ -115,13 +111,16 @@ class Registry(Generic[T]):
     def option_problems(self, name: str, options: dict, where: str, passed: Iterable[str] = ()) -> list[str]:
         """Every problem with ``options`` given to plug-in ``name`` under the recipe key ``where``: an option it does
         not take (``passed``: those trimllm itself passes, never the user's), then its own checks of the values."""
-        takes = [o for o in self.options(name) if o not in passed]
-        unknown = [o for o in options if o not in takes]
+        unknown = self._unknown_options(name, options, [o for o in self.options(name) if o not in passed])
         if unknown:
-            return [f"{where}: {self.kind} {name!r} does not take option {o!r}.{did_you_mean(o, takes)} "
-                    f"It takes: {', '.join(takes) or 'no options'}." for o in unknown]
+            return [f"{where}: {message}" for message in unknown]
         check = self._checks.get(name)
         return [f"{where}: {problem}" for problem in check({**self.defaults(name), **options})] if check else []
+
+    def _unknown_options(self, name: str, options: Iterable[str], takes: list[str]) -> list[str]:
+        """One message per option of ``options`` not in ``takes``: the option, the closest one, all it takes."""
+        return [f"{self.kind} {name!r} does not take option {o!r}.{did_you_mean(o, takes)} "
+                f"It takes: {', '.join(takes) or 'no options'}." for o in options if o not in takes]
 
     def names(self) -> list[str]:
         return sorted(self._items)

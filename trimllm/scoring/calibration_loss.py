@@ -8,12 +8,11 @@ runs the whole model once per candidate. Both give the same scores up to float r
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from trimllm.scoring import SCORERS
 from trimllm.scoring.calibration import build_lm_batches
 from trimllm.scoring.candidates import skipping
-from trimllm.scoring.forward import capture_calls, hidden_without, lm_loss_from_hidden, shifted_targets
+from trimllm.scoring.forward import capture_calls, full_lm_loss, hidden_without, lm_loss_from_hidden
 
 
 @SCORERS.register()
@@ -31,17 +30,12 @@ def calibration_loss(model, tokenizer, calibration, candidates, batch_size: int 
             for c in candidates:
                 totals[c] += lm_loss_from_hidden(model, hidden_without(model, calls, c), batch["labels"])[0]
         else:
-            base_sum, n = _full_loss(model, inputs, batch["labels"])
+            base_sum, n = full_lm_loss(model, inputs, batch["labels"])
             for c in candidates:
                 with skipping(model, c):
-                    totals[c] += _full_loss(model, inputs, batch["labels"])[0]
+                    totals[c] += full_lm_loss(model, inputs, batch["labels"])[0]
         base += base_sum
         tokens += n
     base_loss = base / tokens
     return {c: totals[c] / tokens - base_loss for c in candidates}, {"base_loss": base_loss, "fast": fast}
 
-
-def _full_loss(model, inputs, labels):
-    """The naive path: a whole-model forward, LM head on every position."""
-    logits, targets = shifted_targets(model(**inputs, use_cache=False).logits.float(), labels)
-    return float(F.cross_entropy(logits, targets, reduction="sum")), int(targets.numel())

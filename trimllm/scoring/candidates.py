@@ -79,6 +79,15 @@ def skipping(model: nn.Module, candidate: str) -> Iterator[None]:
         _assign(owner, attr, original)
 
 
+@contextlib.contextmanager
+def skipping_all(model: nn.Module, candidates: list[str]) -> Iterator[None]:
+    """:func:`skipping` for several candidates at once (a removal of many blocks, measured before it is done)."""
+    with contextlib.ExitStack() as stack:
+        for candidate in candidates:
+            stack.enter_context(skipping(model, candidate))
+        yield
+
+
 def _assign(owner, attr, module) -> None:
     if isinstance(attr, int):
         owner[attr] = module

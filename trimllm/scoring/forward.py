@@ -94,6 +94,12 @@ def lm_loss_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Te
     return total, int(wanted.numel())
 
 
+def full_lm_loss(model: nn.Module, inputs: dict, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token cross-entropy and token count from a whole-model forward (LM head on every position)."""
+    logits, targets = shifted_targets(model(**inputs, use_cache=False).logits.float(), labels)
+    return float(F.cross_entropy(logits, targets, reduction="sum")), int(targets.numel())
+
+
 def shifted_targets(states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The states (or logits) that predict each labelled next token, and those tokens (-100 labels dropped)."""
     targets = labels[:, 1:].to(states.device)
