@@ -162,9 +162,11 @@ class DistillConfig:
     teacher: str = "stage0"  # stage0 (the full-depth model as fine-tuned in stage 0), base, or a model path / spec
     alpha: float = 0.5  # weight of the CE loss on the gold answer; 1 - alpha on the KL (0 = distillation only)
     temperature: float = 1.0
-    tokens: str = "answer"  # answer: KL at the answer tokens; all: at every position of prompt + answer
+    tokens: str | int = "answer"  # answer: KL at the answer tokens; all: every position; N: answer + N random others
     hidden_weight: float = 0.0  # cosine loss between kept blocks' outputs and the teacher's at their original index
     teacher_dtype: str = "auto"  # auto (the model's dtype), float32, bfloat16, float16: the teacher's forward only
+    cache_k: int = 0  # 0: the teacher runs in every step; k > 0: its top-k log-probs, cached once (trimllm.logit_cache)
+    cache_dir: str | None = None  # where the cache lives; null = output_dir/teacher_logits (share one across runs)
 
 
 @dataclass
@@ -212,6 +214,7 @@ RUN_OPTIONS = frozenset({
     "train.logging_steps", "train.report_to", "train.save_steps",  # logging, trackers, checkpoint cadence
     "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
     "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
+    "distill.cache_dir",  # where the teacher's cached logits are kept (a cache is keyed by what it holds)
 })
 
 

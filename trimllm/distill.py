@@ -72,40 +72,75 @@ def block_outputs(model: nn.Module) -> Iterator[list]:
 
 
 class Distiller:
-    """The distillation part of a stage's loss, given the student's outputs on a batch."""
+    """The distillation part of a stage's loss, given the student's outputs on a batch. The teacher is a model run
+    on the same batch, or a :class:`trimllm.logit_cache.LogitCache` of its top-k distributions (read, not run)."""
 
-    def __init__(self, teacher: nn.Module, alpha: float, temperature: float, tokens: str, hidden_weight: float,
+    def __init__(self, teacher, alpha: float, temperature: float, tokens: str, hidden_weight: float,
                  pairs: list[tuple[int, int]] = ()):
-        self.teacher = teacher.eval().requires_grad_(False)
+        from trimllm.logit_cache import LogitCache
+
+        self.cache = teacher if isinstance(teacher, LogitCache) else None
+        self.teacher = None if self.cache else teacher.eval().requires_grad_(False)
         self.alpha, self.temperature, self.tokens, self.hidden_weight = alpha, temperature, tokens, hidden_weight
         self.pairs = list(pairs)  # (student block, teacher block) for the cosine term: see block_pairs
-        self.teacher_seconds = 0.0  # the teacher's forwards, summed (what distillation adds to a step)
+        self.teacher_seconds = 0.0  # the teacher's forwards, or the cache's reads, summed (what a step adds)
 
     def loss(self, inputs: dict, ce: torch.Tensor, student_logits: torch.Tensor, student_states: list,
              num_items: torch.Tensor | None, accumulation: int, world: int) -> torch.Tensor:
         """``ce`` is the model's own loss (normalised by ``num_items`` and scaled by ``world`` like the Trainer's);
         the KL at answer tokens is normalised the same way, the dense KL and the cosine term per micro-batch."""
-        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        started = time.perf_counter()
-        with torch.no_grad(), block_outputs(self.teacher) as teacher_states:
-            teacher_logits = self.teacher(**teacher_inputs, use_cache=False).logits
-        if teacher_logits.is_cuda:
-            torch.cuda.synchronize()
-        self.teacher_seconds += time.perf_counter() - started
-        labels, attention = inputs["labels"], inputs["attention_mask"]
-        if self.tokens == "answer":  # position i predicts label i + 1 (the model's own shift)
-            total, count = kd_sum(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:] != -100, self.temperature)
+        attention, columns = inputs["attention_mask"], kept_columns(inputs, student_logits.shape[1])
+        if self.tokens == "answer":
+            mask = next_labels(inputs, student_logits.shape[1]) != -100
+        else:  # every kept real position that predicts a real token
+            successor = (columns + 1).clamp(max=attention.shape[1] - 1)
+            mask = (attention.gather(1, columns) * attention.gather(1, successor)).bool() & (columns + 1 < attention.shape[1])
+        total, count, teacher_states = self._kl(inputs, student_logits, mask, columns)
+        if self.tokens == "answer":
             kd = total / (num_items if num_items is not None else count) * world
-        else:  # every real position that predicts a real token
-            window = attention[:, -student_logits.shape[1]:]
-            total, count = kd_sum(student_logits[:, :-1], teacher_logits[:, :-1], window[:, 1:] * window[:, :-1],
-                                  self.temperature)
+        else:
             kd = total / count.clamp(min=1) / accumulation
         loss = self.alpha * ce + (1 - self.alpha) * kd
         if self.hidden_weight:
             total, count = hidden_sum(student_states, teacher_states, self.pairs, attention)
             loss = loss + self.hidden_weight * total / count.clamp(min=1) / accumulation
         return loss
+
+    def _kl(self, inputs: dict, student_logits: torch.Tensor, mask: torch.Tensor, columns: torch.Tensor):
+        """The KL summed over ``mask``'s positions, their count, and the teacher's block outputs (live teacher)."""
+        started = time.perf_counter()
+        if self.cache is not None:
+            from trimllm.logit_cache import topk_kl_sum
+
+            targets = self.cache.targets(inputs["input_ids"].cpu(), inputs["attention_mask"].cpu(), columns.cpu())
+            self.teacher_seconds += time.perf_counter() - started
+            return (*topk_kl_sum(student_logits, targets, mask), [])
+        teacher_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+        with torch.no_grad(), block_outputs(self.teacher) as teacher_states:
+            teacher_logits = self.teacher(**teacher_inputs, use_cache=False).logits
+        if teacher_logits.is_cuda:
+            torch.cuda.synchronize()
+        self.teacher_seconds += time.perf_counter() - started
+        total, count = kd_sum(student_logits, teacher_logits, mask, self.temperature)
+        return total, count, teacher_states
+
+
+def kept_columns(inputs: dict, positions: int) -> torch.Tensor:
+    """``[batch, positions]``: the batch columns whose logits the model computed (the collator's
+    ``logits_to_keep``: the last ``positions`` columns, every column, or a per-row tensor of columns)."""
+    keep = inputs.get("logits_to_keep")
+    if isinstance(keep, torch.Tensor):
+        return keep
+    batch, width = inputs["input_ids"].shape
+    return torch.arange(width - positions, width, device=inputs["input_ids"].device).expand(batch, positions)
+
+
+def next_labels(inputs: dict, positions: int) -> torch.Tensor:
+    """``[batch, positions]``: the label each kept column predicts (-100: none), as the model's loss pairs them."""
+    if "shift_labels" in inputs:
+        return inputs["shift_labels"]
+    labels = inputs["labels"][:, -positions:]
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
 
 
 def teacher_source(teacher: str, stage: int, out, base: str):

@@ -12,6 +12,7 @@ reads back, what ``--overwrite`` recognizes as trimllm's own, and where a stage'
       final/               the chosen stage (final_eval/: its lm-eval results)
       tasks/               an own data set's lm-eval task
       tensorboard/stage_XX a tracker's logs (train.report_to)
+      teacher_logits/KEY   the distillation teacher's cached top-k (distill.cache_k; trimllm.logit_cache)
       .trainer/stage_XX    the running stage's Trainer checkpoints (removed once it completes)
       .lock                held by the one process running in the folder
 """
@@ -30,6 +31,7 @@ FINAL = "final"
 FINAL_EVAL = "final_eval"
 TASKS = "tasks"
 TENSORBOARD = "tensorboard"
+TEACHER_LOGITS = "teacher_logits"
 TRAINER = ".trainer"
 LOCK = ".lock"
 STAGE_PATTERN = r"stage_\d+"  # a stage folder's name, as a regular expression
@@ -88,6 +90,10 @@ class RunDir:
     def trainer(self, stage: int) -> Path:
         """Where the Trainer of ``stage`` writes its checkpoints (removed once the stage is complete)."""
         return self.trainers / stage_name(stage)
+
+    @property
+    def teacher_logits(self) -> Path:
+        return self.root / TEACHER_LOGITS
 
     def tensorboard(self, stage: int) -> Path:
         return self.root / TENSORBOARD / stage_name(stage)

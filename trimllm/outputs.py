@@ -24,7 +24,7 @@ _TMP = TEMP_NAME.pattern
 _RUN = {run_layout.RESOLVED: "file", run_layout.RUN_FILE: "file", PLAN_FILE: "file", run_layout.METRICS: "file",
         run_layout.REPORT: "file", **{plot: "file" for plot in run_layout.PLOTS}, run_layout.FINAL: "a trimllm export",
         run_layout.STAGE_PATTERN: "a trimllm export", run_layout.FINAL_EVAL: "trimllm results", run_layout.TASKS: "trimllm tasks",
-        run_layout.TRAINER: "any", run_layout.TENSORBOARD: "any", _TMP: "any", run_layout.LOCK: "file"}
+        run_layout.TRAINER: "any", run_layout.TENSORBOARD: "any", run_layout.TEACHER_LOGITS: "any", _TMP: "any", run_layout.LOCK: "file"}
 _EXPORT = {name: "file" for name in (
     PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -35,6 +35,8 @@ from trimllm.export import cast_export, save_compressed
 from trimllm.formats import data_name, training_data, validation_metric, write_task
 from trimllm.freezing import chooses_anew
 from trimllm.layout import RunDir, stage_name
+from trimllm.logit_cache import LogitCache
+from trimllm.logit_cache import build as build_cache
 from trimllm.modeling import load_model
 from trimllm.plan import count_parameters
 from trimllm.prompts import MCItem
@@ -44,6 +46,7 @@ from trimllm.rundir import continued_run_file, data_fingerprint, resume_point, u
 from trimllm.scoring import CalibrationSet, ScoreResult
 from trimllm.scoring.calibration import build_lm_batches
 from trimllm.scoring.candidates import parse, remove_candidate
+from trimllm.sft import pad_id
 from trimllm.stages import StageFiles, StageSpec, stage_spec
 from trimllm.surgery import freeze_blocks, get_plan
 from trimllm.training import StageStats, peak_memory_mb, train_stage
@@ -223,6 +226,12 @@ def teacher(state: RunState, stage: int) -> nn.Module | None:
     if source is not None and state.teacher is None:
         dtype = state.recipe.model.dtype if cfg.teacher_dtype == "auto" else cfg.teacher_dtype
         state.teacher = load_teacher(source, state.model, dtype)
+        if cfg.cache_k:  # the teacher runs once, over the training data; every later step reads its top-k
+            root = Path(cfg.cache_dir) if cfg.cache_dir else RunDir(state.out).teacher_logits
+            folder = on_main(lambda: build_cache(state.teacher, state.tokenizer, state.train_examples, root,
+                                                 cfg.cache_k, state.recipe.train.batch_size, pad_id(state.tokenizer),
+                                                 logger.info).folder)
+            state.teacher = LogitCache(folder)
     return state.teacher if source is not None else None
 
 

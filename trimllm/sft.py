@@ -83,11 +83,18 @@ class SFTCollator:
     ``labels`` are cut to the same last positions (-100 on the prompt), so the model's own causal-LM loss (shift
     by one inside the window) is the answer-only loss, and the Trainer's ``num_items_in_batch`` divides it by the
     answer tokens of the whole accumulated (and, distributed, global) batch.
+
+    With ``sampled = N`` (distillation at the answer tokens plus N prompt positions: ``distill.tokens: N``) the
+    logits are kept at the answer window and at N prompt positions per row drawn at random for every batch:
+    ``logits_to_keep`` is then a ``[batch, N + window]`` tensor of columns (transformers' per-row form), and
+    ``shift_labels`` holds the token each kept column predicts (-100 off the answer), which the model's loss and
+    the Trainer's token count read in place of shifting ``labels``.
     """
 
-    def __init__(self, pad_id: int, all_positions: bool = False):
+    def __init__(self, pad_id: int, all_positions: bool = False, sampled: int = 0):
         self.pad_id = pad_id
         self.all_positions = all_positions  # logits at every position (distillation at all tokens)
+        self.sampled = sampled  # logits at the answer window + this many random prompt positions per row
 
     def __call__(self, features: list[dict]) -> dict:
         width = max(len(f["input_ids"]) for f in features)
@@ -105,7 +112,23 @@ class SFTCollator:
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if self.all_positions:
             return {**batch, "labels": labels}
+        if self.sampled:
+            return {**batch, **self._sampled_columns(mask, labels, answer)}
         return {**batch, "labels": labels[:, width - answer - 1:], "logits_to_keep": answer + 1}
+
+    def _sampled_columns(self, mask: torch.Tensor, labels: torch.Tensor, answer: int) -> dict:
+        """Per row: ``sampled`` random real columns before the answer window (all of them if it has fewer), then the
+        window; each kept column's next-token label. A row with fewer fills its share with the last column, which
+        predicts nothing (no label, no KL), so every row keeps as many columns."""
+        width = mask.shape[1]
+        window = torch.arange(width - answer - 1, width)
+        prompt = [torch.arange(width - answer - 1)[mask[row, : width - answer - 1].bool()] for row in range(len(mask))]
+        n = min(self.sampled, max(len(p) for p in prompt))
+        drawn = [p[torch.randperm(len(p))[:n]].sort().values for p in prompt]
+        columns = torch.stack([torch.cat([torch.full((n - len(d),), width - 1), d, window]) for d in drawn])
+        next_label = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        shift = next_label.gather(1, columns)
+        return {"labels": shift, "shift_labels": shift, "logits_to_keep": columns}
 
 
 def pad_id(tokenizer) -> int:

@@ -225,7 +225,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     with _tensorboard_dir(files.tensorboard or work_dir / "tensorboard"):
         trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, spec, method),
                                train_dataset=examples, callbacks=stage_callbacks, group_by_length=recipe.train.group_by_length,
-                               data_collator=SFTCollator(pad_id(tokenizer), all_positions=_all_positions(distiller)),
+                               data_collator=_collator(tokenizer, distiller),
                                distiller=distiller)
     if trainer.pop_callback(ProgressCallback) is not None:  # the bar (rank 0; other ranks have none)
         trainer.add_callback(StageProgress(stage))
@@ -271,12 +271,15 @@ def _distiller(recipe: Recipe, model: nn.Module, teacher: nn.Module | None):
     from trimllm.distill import Distiller, block_pairs
 
     cfg = recipe.distill
-    return Distiller(teacher, cfg.alpha, cfg.temperature, cfg.tokens, cfg.hidden_weight, block_pairs(model, teacher))
+    pairs = block_pairs(model, teacher) if cfg.hidden_weight else ()  # a cache keeps no hidden states (validation)
+    return Distiller(teacher, cfg.alpha, cfg.temperature, cfg.tokens, cfg.hidden_weight, pairs)
 
 
-def _all_positions(distiller) -> bool:
-    """Distillation at every token needs the logits of every position (not only the answer window)."""
-    return distiller is not None and distiller.tokens == "all"
+def _collator(tokenizer, distiller) -> SFTCollator:
+    """Distillation at every token needs the logits of every position, at N sampled positions those positions',
+    otherwise only the answer window's (``distill.tokens``)."""
+    tokens = distiller.tokens if distiller is not None else "answer"
+    return SFTCollator(pad_id(tokenizer), all_positions=tokens == "all", sampled=tokens if isinstance(tokens, int) else 0)
 
 
 def _attention_kernels():

@@ -225,13 +225,20 @@ def _distill_problems(recipe: Recipe) -> list[str]:
     checks = [
         (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
         (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
-        (cfg.tokens in ("answer", "all"), f"distill.tokens = {cfg.tokens!r} must be answer or all"),
+        (cfg.tokens in ("answer", "all") or (isinstance(cfg.tokens, int) and cfg.tokens > 0),
+         f"distill.tokens = {cfg.tokens!r} must be answer, all, or a number N > 0 (the answer tokens and N other "
+         "positions per row, drawn at random each step)"),
         (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
         (cfg.teacher_dtype in ("auto", "float32", "bfloat16", "float16"),
          f"distill.teacher_dtype = {cfg.teacher_dtype!r} must be auto, float32, bfloat16 or float16"),
         (cfg.teacher != "stage0" or schedule_facts(name).full_depth_stage0,
          f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {name!r} does not "
          "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
+        (cfg.cache_k >= 0, f"distill.cache_k = {cfg.cache_k} must be >= 0 (0: no cache, the teacher runs live)"),
+        (not cfg.cache_k or (cfg.temperature == 1 and not cfg.hidden_weight),
+         f"distill.cache_k = {cfg.cache_k} caches the teacher's probabilities at temperature 1 and no hidden states, "
+         f"but distill.temperature = {cfg.temperature} and distill.hidden_weight = {cfg.hidden_weight}: set "
+         "distill.cache_k=0 to run the teacher live, or temperature=1 and hidden_weight=0"),
     ]
     return [message for ok, message in checks if not ok]
 

@@ -146,3 +146,16 @@ def test_progressive_removes_in_a_fixed_order_unless_told_to_rescore():
     assert load_recipe(smoke, ["schedule.options.order=rescore"]).schedule.options["order"] == "rescore"
     for schedule in ("trimllm", "oneshot", "tuned_oneshot", "none"):  # no order to choose: none in their options
         assert "order" not in load_recipe(smoke, [f"schedule={schedule}"]).schedule.options
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.tokens=0"], "must be answer, all, or a number N > 0"),
+    (["distill.cache_k=8", "distill.temperature=2"], "caches the teacher's probabilities at temperature 1"),
+    (["distill.cache_k=8", "distill.hidden_weight=0.5"], "set distill.cache_k=0 to run the teacher live"),
+])
+def test_distillation_options_that_cannot_work_are_refused(overrides, message):
+    from tests.conftest import ROOT
+
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", *overrides])
+    load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", "distill.tokens=16", "distill.cache_k=8"])
