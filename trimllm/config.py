@@ -133,6 +133,7 @@ class PrunedConfig:
     r: int | None = None  # lora.r of a pruned model
     alpha: int | None = None  # lora.alpha of a pruned model
     lr: float | None = None  # train.lr of a pruned model
+    method: str | None = None  # lora.method of a pruned model (full: every weight trains; give it a smaller lr)
 
 
 @dataclass

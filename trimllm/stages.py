@@ -4,7 +4,8 @@ with which adapter, from which seed, and where Progressive Layer Dropping's cloc
 A stage trains ``train.steps_per_stage`` steps, except stage 0 (``train.stage0_steps``: 0 = the model given is
 already tuned) and the stage after the last removal (``train.final_stage_steps``, the recovery or "healing" of
 ShortGPT and Gromov et al. 2024). A pruned model (one that has lost modules) trains at ``pruned.lr`` with a
-``pruned.r`` / ``pruned.alpha`` adapter where set (study v2: rank 64 at 3x the learning rate). PLD's keep
+``pruned.r`` / ``pruned.alpha`` adapter (or ``pruned.method``, e.g. ``full``) where set (study v2: rank 64 at 3x
+the learning rate). PLD's keep
 probability theta(t) decays over the whole run (Zhang & He 2020), so a stage's clock starts at the optimizer steps
 its earlier stages took, as recorded, not at ``stage x steps_per_stage``.
 """
@@ -30,6 +31,7 @@ class StageSpec:
     seed: int  # train.seed + stage: the adapters' initial weights, the data order, PLD's gates
     pld_offset: int  # optimizer steps of the earlier stages: where PLD's theta(t) continues
     pruned: bool  # the model has lost modules (the pruned adapter and learning rate apply)
+    method: str = "lora"  # the training method (lora.method, or pruned.method for a pruned model)
 
 
 @dataclass(frozen=True)
@@ -72,4 +74,5 @@ def stage_spec(recipe: Recipe, stage: int, pruned: bool, last_removal: bool = Fa
         seed=train.seed + stage,
         pld_offset=sum(recorded_steps(recipe, record) for record in earlier),
         pruned=pruned,
+        method=over.method if pruned and over.method else lora.method,
     )

@@ -214,7 +214,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
 
     stage, work_dir, plan = spec.stage, files.work_dir, get_plan(model)
     set_seed(spec.seed)  # before peft draws the adapters' initial weights: same seed, same run
-    method = for_recipe(recipe)
+    method = for_recipe(recipe, spec.method)
     distiller = _distiller(recipe, model, teacher)
     trainee = method.prepare(model, tokenizer, recipe, spec, work_dir)
     stage_callbacks = [*callbacks(files.metrics, stage), FiniteWeights(stage, recipe), *extra_callbacks]
@@ -304,7 +304,7 @@ def training_arguments(recipe: Recipe, work_dir: Path, spec: StageSpec | int = 0
     cfg = recipe.train
     spec = stage_spec(recipe, spec, pruned=False) if isinstance(spec, int) else spec
     cuda = torch.cuda.is_available()
-    method = method or for_recipe(recipe)
+    method = method or for_recipe(recipe, spec.method)
     optim = method.optim if cfg.optim == "auto" else cfg.optim
     steps = spec.steps
     checkpoints = 0 < cfg.save_steps < steps

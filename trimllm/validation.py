@@ -66,7 +66,8 @@ def _name_problems(recipe: Recipe) -> list[str]:
     from trimllm.scoring.candidates import GRANULARITIES
 
     named = [("scoring.scorer", recipe.scoring.scorer, SCORERS), ("schedule.name", recipe.schedule.name, SCHEDULES),
-             ("freeze.mode", recipe.freeze.mode, FREEZING), ("lora.method", recipe.lora.method, METHODS)]
+             ("freeze.mode", recipe.freeze.mode, FREEZING), ("lora.method", recipe.lora.method, METHODS),
+             *([("pruned.method", recipe.pruned.method, METHODS)] if recipe.pruned.method else [])]
     problems = [f"{key} {value!r} unknown.{did_you_mean(value, registry.names())} Available: {', '.join(registry.names())}"
                 for key, value, registry in named if value not in registry]
     if recipe.scoring.granularity not in GRANULARITIES:

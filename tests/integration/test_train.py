@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -289,6 +290,43 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
     kd16 = [loss for stage, loss in losses(tmp_path / "kd16") if stage == 1]
     kd32 = [loss for stage, loss in kd if stage == 1]
     assert kd16 != kd32 and kd16 == pytest.approx(kd32, rel=0.05)
+
+
+def test_pruned_method_full_trains_every_weight_of_the_pruned_model_only(tiny_dir, tmp_path):
+    """``pruned.method: full`` (issue 31: an adapter may cap what a pruned model recovers): the full-depth stage 0
+    trains its LoRA adapter (merged: the embedding is untouched), the pruned stage trains every weight."""
+    out = tmp_path / "full-pruned"
+    run_tiny(tiny_dir, out, "schedule=tuned_oneshot", "stop.target_fraction=0.34", "pruned.method=full",
+             "pruned.lr=1e-4")
+    embedding = "model.embed_tokens.weight"
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()[embedding]
+    stage0 = AutoModelForCausalLM.from_pretrained(out / "stage_00").state_dict()[embedding]
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert torch.equal(stage0, base) and not torch.equal(final.state_dict()[embedding], base)
+    assert final.config.num_hidden_layers == 4
+
+
+def test_a_cached_teacher_trains_as_the_live_one_and_is_shared_across_runs(tiny_dir, tmp_path):
+    """``distill.cache_k`` = the whole vocabulary: the pruned stages' losses are the live teacher's (within the
+    cache's float16); the cache sits in the run folder, and a second run pointed at it (``distill.cache_dir``) with
+    the same teacher reads it instead of building another; ``distill.tokens: N`` trains too."""
+    common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill.enabled=true", "distill.alpha=0",
+              "distill.tokens=all"]
+    run_tiny(tiny_dir, tmp_path / "live", *common)
+    run_tiny(tiny_dir, tmp_path / "cached", *common, "distill.cache_k=96")
+
+    def losses(out):
+        return [m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if "loss" in m and m["stage"] > 0]
+
+    assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "live"), rel=2e-3)
+    caches = list((tmp_path / "cached" / "teacher_logits").glob("*/cache.json"))
+    assert len(caches) == 1
+    built = caches[0].stat().st_mtime_ns
+    run_tiny(tiny_dir, tmp_path / "again", *common[:-1], "distill.tokens=4", "distill.cache_k=96",
+             f"distill.cache_dir={tmp_path / 'cached' / 'teacher_logits'}")
+    assert caches[0].stat().st_mtime_ns == built and not (tmp_path / "again" / "teacher_logits").exists()
+    assert len(losses(tmp_path / "again")) == 4 and all(math.isfinite(x) for x in losses(tmp_path / "again"))
 
 
 @pytest.mark.parametrize("method", [["lora.method=full", "train.lr=1e-4"], ["lora.method=qlora", "lora.r=2"],

@@ -3,7 +3,10 @@ from the recipe and the completed stages, as a pure function."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import ROOT
+from trimllm.config import RecipeError
 from trimllm.records import StageRecord
 from trimllm.stages import stage_spec
 from trimllm.validation import load_recipe
@@ -52,3 +55,11 @@ def test_steps_lr_adapter_and_seed_of_each_kind_of_stage():
     assert (plain.lr, plain.lora_r, plain.lora_alpha) == (1e-4, recipe().lora.r, recipe().lora.alpha)
     # oneshot removes at stage 0: a pruned stage 0 trains with the pruned adapter
     assert stage_spec(r, 0, pruned=True).lora_r == 64
+
+
+def test_a_pruned_model_can_train_in_full_while_the_fine_tune_keeps_its_adapter():
+    r = recipe("pruned.method=full", "pruned.lr=5e-5")
+    assert (stage_spec(r, 0, pruned=False).method, stage_spec(r, 1, pruned=True).method) == ("lora", "full")
+    assert stage_spec(r, 1, pruned=True).lr == 5e-5 and stage_spec(recipe(), 1, pruned=True).method == "lora"
+    with pytest.raises(RecipeError, match="pruned.method 'ful' unknown"):
+        recipe("pruned.method=ful")

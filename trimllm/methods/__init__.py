@@ -49,9 +49,10 @@ class Sharded:
         return self.method.apply(model, trainee, weights, default_device())  # "cuda": the rank's own GPU
 
 
-def for_recipe(recipe):
-    """The recipe's training method, wrapped in :class:`Sharded` under FSDP / DeepSpeed."""
-    method = METHODS.get(recipe.lora.method)()
+def for_recipe(recipe, name: str | None = None):
+    """The recipe's training method (``name``: a stage's own, :attr:`trimllm.stages.StageSpec.method`; default
+    ``lora.method``), wrapped in :class:`Sharded` under FSDP / DeepSpeed."""
+    method = METHODS.get(name or recipe.lora.method)()
     return Sharded(method) if is_sharded(recipe) else method
 
 
