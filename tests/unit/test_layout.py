@@ -30,7 +30,7 @@ def test_every_plugin_file_registers_its_own_name(folder):
 
 def test_registries_list_what_the_recipes_and_docs_name():
     assert SCORERS.names() == ["activation_norm", "angular", "block_influence", "calibration_loss", "depth", "random",
-                               "task_accuracy", "taylor"]
+                               "task_accuracy", "taylor", "teacher_kl"]
     assert SCHEDULES.names() == ["none", "oneshot", "progressive", "trimllm", "tuned_oneshot"]
     assert FREEZING.names() == ["bottom", "contribution", "none", "progtuning", "static"]
     assert METHODS.names() == ["full", "lora", "qlora"]

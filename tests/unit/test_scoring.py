@@ -14,7 +14,8 @@ from trimllm.registry import UnknownNameError
 from trimllm.scoring import SCORERS, CalibrationSet, count_hooks, list_candidates, run_scorer
 from trimllm.surgery import bypass_attention, drop_blocks
 
-CONTENT_SCORERS = ["task_accuracy", "calibration_loss", "block_influence", "angular", "taylor", "activation_norm"]
+CONTENT_SCORERS = ["task_accuracy", "calibration_loss", "block_influence", "angular", "taylor", "activation_norm",
+                   "teacher_kl"]
 PLANTED = 3
 
 
@@ -85,6 +86,36 @@ def test_fast_scan_equals_naive_scan(model_type, scorer, granularity):
     for candidate in fast.scores:
         assert fast.scores[candidate] == pytest.approx(naive.scores[candidate], abs=1e-5)
     assert fast.ranked()[0][0] == naive.ranked()[0][0]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_teacher_kl_is_the_kl_of_whole_forwards_with_the_run_skipped(model_type):
+    """The suffix re-run gives what two whole-model forwards give: KL(p_model || p_without), per labelled token,
+    for one block, a run of n = 2 blocks, and a half."""
+    from torch.nn import functional as F
+
+    from trimllm.scoring.calibration import build_lm_batches
+    from trimllm.scoring.candidates import skipping_all
+
+    model, tokenizer = build_tiny(model_type), tiny_tokenizer()
+    calibration = CalibrationSet.from_dataset("sciq", 4)
+    single = run_scorer("teacher_kl", model, tokenizer, calibration, max_length=128).scores
+    halves = run_scorer("teacher_kl", model, tokenizer, calibration, granularity="sublayer", max_length=128).scores
+    runs = run_scorer("teacher_kl", model, tokenizer, calibration, n=2, max_length=128).scores
+    batch = build_lm_batches(tokenizer, calibration.texts(), 8, 128)[0]
+    keep = batch["labels"][:, 1:] != -100
+
+    def log_probs(skip: list[str]):
+        with torch.no_grad(), skipping_all(model, skip):
+            return F.log_softmax(model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits[:, :-1][keep], -1)
+
+    base = log_probs([])
+    for candidates, score in ((["block.2"], single["block.2"]), (["mlp.4"], halves["mlp.4"]),
+                              (["block.1", "block.2"], runs["block.1"]), (["block.5"], runs["block.5"])):
+        without = log_probs(candidates)
+        expected = float((base.exp() * (base - without)).sum()) / int(keep.sum())
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-6), candidates
+    assert runs["block.1"] > 0 and single["block.1"] > 0
 
 
 def test_packed_rows_give_the_same_choice_logliks_as_separate_rows():

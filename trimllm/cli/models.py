@@ -210,7 +210,7 @@ def score(
     n_calib: Annotated[int, typer.Option("--n-calib", help="Calibration examples.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the calibration draw (and of the random scorer).")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8,
-    angular_n: Annotated[int, typer.Option("--angular-n", help="Run length n of the angular scorer.")] = 1,
+    angular_n: Annotated[int, typer.Option("--angular-n", help="Run length n of the angular and teacher_kl scorers.")] = 1,
     proxy_k: Annotated[int | None, typer.Option("--proxy-k", help="task_accuracy: scan exactly only the k candidates the proxy ranks lowest.")] = None,
     proxy: Annotated[str, typer.Option(help="Proxy scorer for --proxy-k: block_influence (one pass), or task_accuracy on --proxy-fraction of the questions.")] = "block_influence",
     proxy_fraction: Annotated[float, typer.Option("--proxy-fraction", help="Share of the calibration questions the task_accuracy proxy scans.")] = 0.25,
