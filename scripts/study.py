@@ -67,8 +67,8 @@ from trimllm.pipeline import run
 from trimllm.prompts import mc_item
 from trimllm.validation import load_recipe
 
-N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000}  # the issue's minimum train-side examples: one epoch each
-MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512}  # SciQ's support paragraphs run to ~400 tokens
+N_TRAIN = {"financial_phrasebank": 1500, "sciq": 1000, "medmcqa": 1000}  # train-side examples: one epoch each
+MAX_LENGTH = {"financial_phrasebank": 256, "sciq": 512, "medmcqa": 256}  # SciQ's support paragraphs run to ~400 tokens
 LEVERS = {  # oneshot-ft-<lever>: drop once from the `none` model, then train the pruned model with these overrides
     "ce": [],
     "partial": ["lora.method=full", "freeze.mode=bottom", "freeze.fraction=0.75", "train.lr=5e-5"],  # Lu et al. 2024
@@ -135,8 +135,9 @@ def uses_teacher(arm: str) -> bool:
 
 
 def train_arm(arm: str, fraction: float, task: str, seed: int, args, work: Path, layers: int,
-              teacher: Path | None) -> tuple[Path, dict]:
-    """Run (or resume, or find finished) one arm's training; returns its run folder and plan."""
+              teacher: Path | None, overrides: list[str] | None = None) -> tuple[Path, dict]:
+    """Run (or resume, or find finished) one arm's training; returns its run folder and plan (``overrides``: study
+    v3's arms' own)."""
     out = run_folder(work, task, arm, fraction, seed)
     steps = budget_steps(task, args)
     overrides = [
@@ -146,8 +147,7 @@ def train_arm(arm: str, fraction: float, task: str, seed: int, args, work: Path,
         "train.lr=2e-4", "train.warmup_ratio=0.1", "train.logging_steps=10", "train.save_steps=20",
         "lora.r=16", "lora.alpha=32", "lora.dropout=0.05", "scoring.scorer=block_influence",
         "scoring.batch_size=8", "stop.accuracy_floor=null", "eval.tasks=[]", f"output_dir={out}",
-        *arm_overrides(arm, fraction, steps, layers, str(teacher) if teacher else None),
-    ]
+        *(arm_overrides(arm, fraction, steps, layers, teacher and str(teacher)) if overrides is None else overrides)]
     recipe = load_recipe(ROOT / "recipes" / "smoke.yaml", overrides)
     return out, run(recipe)
 
@@ -187,23 +187,23 @@ def evaluate_arm(arm: str, fraction: float, task: str, seed: int, out: Path, pla
     return record
 
 
-def comparisons(records: list[dict], resamples: int = 10_000) -> list[dict]:
-    """Every (a, b) of COMPARISONS at every task x fraction where both ran on the same seeds: paired over the
-    test items of every shared seed (``none`` is full depth, compared at each fraction)."""
+def comparisons(records: list[dict], resamples=10_000, pairs_of_arms=COMPARISONS, full_depth=("none",)) -> list[dict]:
+    """Every (a, b) of ``pairs_of_arms`` at every task x fraction where both ran on the same seeds: paired over
+    the test items of every shared seed (``full_depth`` arms are compared at each fraction)."""
     def outcome(task, arm, fraction, seed):
         for r in records:
             if (r["task"], r["arm"], r["seed"]) == (task, arm, seed) and r["removed_fraction"] == (
-                    0.0 if arm == "none" else fraction):
+                    0.0 if arm in full_depth else fraction):
                 return [c == "1" for c in r["correct"]]
         return None
 
     rows = []
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    fractions = sorted({r["removed_fraction"] for r in records if r["arm"] != "none"})
+    fractions = sorted({r["removed_fraction"] for r in records if r["arm"] not in full_depth})
     for task in tasks:
         seeds = sorted({r["seed"] for r in records if r["task"] == task})
         for fraction in fractions:
-            for a, b in COMPARISONS:
+            for a, b in pairs_of_arms:
                 pairs = [(outcome(task, a, fraction, s), outcome(task, b, fraction, s)) for s in seeds]
                 pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
                 if not pairs:

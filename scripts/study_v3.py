@@ -1,0 +1,273 @@
+"""Study v3: recovering a knowledge domain after depth pruning, every arm on a training-compute axis.
+
+    python scripts/study_v3.py                       # SciQ 50 % first; hours on a 2-core CPU, resumable
+    python scripts/study_v3.py --tasks financial_phrasebank --fractions 0.25 --arms full,default,default-bridge
+    python scripts/study_v3.py --render-only         # the BENCHMARKS.md section and the plot from the JSON
+
+Budget and setup as study v2 (scripts/study.py: one epoch of batch 16 over 1000 SciQ / 1500 Financial PhraseBank
+/ 1000 MedMCQA train-side examples, LoRA on every linear layer, 10 % warm-up and cosine decay). Arms:
+
+- ``full``: full depth, LoRA r16 at 2e-4 for the budget: the reference, and the teacher / stage 0 of the arms below;
+- ``default``: the shipped recipe (``tuned_oneshot``): block influence on ``full``'s model, remove at once, train
+  the pruned model with LoRA r64 at 6e-4 for the budget (study v2's ``oneshot-ft-r64-lr``);
+- ``default-bridge``: + a linear bridge folded in at each cut before training (ReplaceMe; ``bridge: {}``);
+- ``default-bridge-kd``: + distillation from ``full``'s model at the answer tokens and 16 other positions per
+  row, read from a teacher-logit cache (top-64, ``distill.cache_k``) shared by the task x seed's arms;
+- ``oneshot-matched``: block influence on the base model, remove at once, LoRA r64 at 6e-4 for as many steps as
+  ``default``'s compute buys the pruned model (ShortGPT / Gromov et al. at equal compute);
+- ``full-matched``: ``full`` trained for ``default``'s compute.
+
+Training compute (the x axis): the 6ND rule per stage, in PFLOPs, counting every stage an arm needs (``full``'s
+training for the arms that start from it): a LoRA step is 4 x (block parameters) x (padded tokens) (forward and
+the activations' backward; the adapters' own gradients are small), a full fine-tune's 6 x; the LM head counts where
+logits are computed (all positions of the teacher-logit cache's build, the KL's extra positions); scoring and the
+bridge's calibration forwards (64 examples) are left out. Test accuracy: every test-side document, per-item
+outcomes saved for paired tests (exact McNemar, paired bootstrap). Records are saved after every arm; a record in
+--out is skipped, a killed run resumes from its checkpoints in --work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from _common import (
+    ROOT,
+    command_line,
+    environment_line,
+    parser,
+    publish,
+    shown_path,
+    training_environment,
+    write_json,
+)
+from _study_check import record_key
+from study import MAX_LENGTH, N_TRAIN, budget_steps, comparisons, evaluate_arm, n_train, train_arm
+
+from trimllm.modeling import load_model
+
+ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched")
+FROM_FULL = {"default", "default-bridge", "default-bridge-kd"}  # arms that start from `full`'s model
+FULL_DEPTH = ("full",)  # compared at every fraction (full-matched is trained per fraction, for its compute)
+DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
+KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
+COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
+               ("default-bridge-kd", "default-bridge"), ("default-bridge-kd", "default"),
+               ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"), ("oneshot-matched", "full-matched"))
+
+
+def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path) -> list[str]:
+    """The recipe overrides of one arm (``steps``: the pruned model's, or the matched arms' own)."""
+    cut = [f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
+    if arm in ("full", "full-matched"):
+        return ["schedule=none", f"train.steps_per_stage={steps}"]
+    if arm == "oneshot-matched":
+        return [*DEFAULT, *cut]
+    arm_levers = {"default": [], "default-bridge": ["bridge={}"],
+                  "default-bridge-kd": ["bridge={}", "distill.enabled=true", f"distill.teacher={full}",
+                                        "distill.alpha=0.5", f"distill.tokens={KD_POSITIONS}", "distill.cache_k=64",
+                                        f"distill.cache_dir={cache}"]}
+    return [f"model.name={full}", *DEFAULT, *cut, *arm_levers[arm]]
+
+
+def block_params(params: int, model_config) -> int:
+    """The parameters a token's forward multiplies through, less the embedding and LM head."""
+    vh = model_config.vocab_size * model_config.hidden_size
+    return params - vh * (1 if model_config.tie_word_embeddings else 2)
+
+
+def run_flops(plan: dict, model_config, full_fine_tune: bool = False) -> float:
+    """Training FLOPs of a run: per stage, 4 (LoRA) or 6 (full) x block parameters x padded tokens."""
+    factor = 6 if full_fine_tune else 4
+    return sum(factor * block_params(s["params"], model_config) * s["tokens"]["padded"] for s in plan["stages"])
+
+
+def teacher_flops(task: str, args, model_config, full_params: int, arm: str) -> float:
+    """The -kd arm's teacher-logit cache build: one forward of the full-depth model (LM head included) over every
+    position of the training data, and the student's LM head at the KL's extra positions (x 4: forward and
+    backward)."""
+    if arm != "default-bridge-kd":
+        return 0.0
+    examples = n_train(task, args)
+    tokens = args.tokens_per_example[task] * examples
+    vh = model_config.vocab_size * model_config.hidden_size
+    extra = 4 * vh * KD_POSITIONS * examples
+    return 2 * (block_params(full_params, model_config) + vh) * tokens + extra
+
+
+def matched_steps(default: dict, params: int, model_config) -> int:
+    """Steps of a LoRA run of a model of ``params`` parameters that cost the ``default`` record's compute (at its
+    padded tokens per step)."""
+    per_step = 4 * block_params(params, model_config) * default["tokens_per_step"]
+    return max(1, round(default["compute_pflops"] * 1e15 / per_step))
+
+
+def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], save, config, layers: int) -> None:
+    """Every arm of one task x seed x fraction, in order (the matched arms need the default's compute)."""
+    steps = budget_steps(task, args)
+    cache = args.work / f"{task}-teacher-logits-{seed}"
+    full_out, full_plan = train_arm("full", 0.0, task, seed, args, args.work, layers, None,
+                                    overrides("full", 0.0, steps, None, cache))
+    full_params = full_plan["stages"][0]["params"]
+    for arm in args.arms.split(","):
+        key = (task, arm, 0.0 if arm in FULL_DEPTH else fraction, seed)
+        if any(record_key(r) == key for r in records):
+            continue
+        arm_steps = steps
+        if arm.endswith("-matched"):
+            default = next((r for r in records if record_key(r) == (task, "default", fraction, seed)), None)
+            if default is None:
+                raise SystemExit(f"{arm} needs the default arm's compute: run 'default' first (--arms)")
+            arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config)
+        out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
+                              overrides(arm, fraction, arm_steps, full_out / "final", cache))
+        flops = run_flops(plan, config) + (run_flops(full_plan, config) if arm in FROM_FULL else 0.0)
+        flops += teacher_flops(task, args, config, full_params, arm)
+        last = plan["stages"][-1]
+        record = evaluate_arm(arm, key[2], task, seed, out, plan, 0.0, args)
+        record.update(compute_pflops=round(flops / 1e15, 4), steps=last["steps"],
+                      tokens_per_step=round(last["tokens"]["padded"] / last["steps"], 1))
+        records.append(record)
+        save()
+
+
+def main() -> None:
+    options = parser(__doc__, "study_v3.json", "Study v3: recovery on a compute axis (CPU)")
+    options.add_argument("--tasks", default="sciq,financial_phrasebank")
+    options.add_argument("--seeds", default="0")
+    options.add_argument("--fractions", default="0.5,0.25")
+    options.add_argument("--arms", default=",".join(ARMS))
+    options.add_argument("--batch-size", type=int, default=16)
+    options.add_argument("--eval-batch-size", type=int, default=16)
+    options.add_argument("--n-validation", type=int, default=100)
+    options.add_argument("--general-limit", type=int, default=100)
+    options.add_argument("--n-train-cap", type=int, default=None, help="fewer training examples (a quick try)")
+    options.add_argument("--test-limit", type=int, default=None, help="fewer test documents (a quick try)")
+    options.add_argument("--work", type=Path, default=ROOT / "runs" / "study_v3")
+    args = options.parse_args()
+    if args.render_only:
+        figures = json.loads(args.out.read_text())
+        publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures, args.out))
+        return
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    records, minutes, started = previous.get("records", []), previous.get("setup", {}).get("minutes", 0.0), time.time()
+    model, tokenizer = load_model(args.model)
+    config, layers, env = model.config, model.config.num_hidden_layers, training_environment(model)
+    args.tokens_per_example = {task: mean_tokens(task, tokenizer, n_train(task, args)) for task in args.tasks.split(",")}
+    del model
+
+    def save():
+        figures = {"records": records, "comparisons": comparisons(records, pairs_of_arms=COMPARISONS,
+                                                                  full_depth=FULL_DEPTH),
+                   "setup": setup(args, env, minutes + (time.time() - started) / 60)}
+        write_json(args.out, figures)
+        return figures
+
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for task in args.tasks.split(","):
+            for fraction in (float(f) for f in args.fractions.split(",")):
+                run_cell(task, seed, fraction, args, records, save, config, layers)
+    figures = save()
+    publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures, args.out))
+
+
+def mean_tokens(task: str, tokenizer, examples: int) -> float:
+    """Mean tokens of a training example (prompt + answer) over the budget's examples: the cache build's size."""
+    from trimllm.data import load_side
+    from trimllm.prompts import mc_item
+    from trimllm.sft import sft_examples
+
+    items = [mc_item(task, r) for r in load_side(task, "train")[:examples]]
+    examples = sft_examples(tokenizer, items, MAX_LENGTH[task])
+    return sum(len(e["input_ids"]) for e in examples) / len(examples)
+
+
+def setup(args, env: dict, minutes: float) -> dict:
+    skip = ("out", "render_only", "section", "work", "tokens_per_example")
+    return {**{k: v for k, v in vars(args).items() if k not in skip}, **env, "n_train": N_TRAIN,
+            "minutes": round(minutes, 1), "command": command_line("study_v3.py", args, skip=skip),
+            "figures": shown_path(args.out, ROOT)}
+
+
+TARGETS = {("sciq", 0.5): -0.05, ("financial_phrasebank", 0.5): -0.01, ("sciq", 0.25): -0.01,
+           ("financial_phrasebank", 0.25): 0.0}  # issue 31: the best arm's accuracy minus full depth's, at least
+
+
+def target_lines(records: list[dict]) -> list[str]:
+    """Each target's status: the best pruned arm against ``full`` (the budget) and ``full-matched`` (its compute)."""
+    lines = []
+    for (task, fraction), margin in TARGETS.items():
+        cell = [r for r in records if r["task"] == task and r["removed_fraction"] == fraction
+                and r["arm"] not in ("full", "full-matched")]
+        full = next((r for r in records if r["task"] == task and r["arm"] == "full"), None)
+        if not cell or full is None:
+            lines.append(f"- {task} at {fraction:.0%}: within {-margin * 100:.0f} points of full depth: not run yet.")
+            continue
+        best = max(cell, key=lambda r: r["acc"])
+        matched = next((r for r in records if r["task"] == task and r["arm"] == "full-matched"
+                        and r["removed_fraction"] == fraction), None)
+        diff = best["acc"] - full["acc"]
+        status = "met" if diff >= margin else f"NOT met by {(margin - diff) * 100:.1f} points"
+        versus = (f"; against full depth at the same compute ({matched['acc']:.3f}): {best['acc'] - matched['acc']:+.3f}"
+                  if matched else "; full depth at the same compute not run yet")
+        lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): best arm "
+                     f"`{best['arm']}` {best['acc']:.3f} vs full depth {full['acc']:.3f} ({diff * 100:+.1f}): "
+                     f"**{status}**{versus}.")
+    return lines
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Accuracy against training compute, a panel per task x fraction, full depth as the line to reach."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r["task"], r["removed_fraction"]) for r in records if r["arm"] != "full"})
+    figure, axes = plt.subplots(1, max(1, len(cells)), figsize=(5 * max(1, len(cells)), 4), squeeze=False)
+    for axis, (task, fraction) in zip(axes[0], cells, strict=False):
+        full = [r for r in records if r["task"] == task and r["arm"] == "full"]
+        for r in full:
+            axis.axhline(r["acc"], color="grey", linestyle="--", label=f"full depth, seed {r['seed']}")
+        for r in (r for r in records if r["task"] == task and r["removed_fraction"] == fraction and r["arm"] != "full"):
+            axis.errorbar(r["compute_pflops"], r["acc"], yerr=r["acc_stderr"], fmt="o", capsize=3,
+                          label=f"{r['arm']} (seed {r['seed']})")
+        axis.set(title=f"{task}, {fraction:.0%} of blocks removed", xlabel="training compute, PFLOPs",
+                 ylabel="test accuracy")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def markdown(figures: dict, out: Path) -> str:
+    s, records = figures["setup"], figures["records"]
+    png = out.with_suffix(".png")
+    plot(records, png)
+    lines = [f"Command: `{s['command']}` ({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
+             f"{s['minutes']} min in all, resumed runs summed). Figures in `{s['figures']}`; the arms are described in "
+             "`scripts/study_v3.py`.", "", "Targets (issue 31, SmolLM2-135M):", "", *target_lines(records), "",
+             f"![accuracy against training compute]({shown_path(png, ROOT)})", "",
+             "Compute: training FLOPs by the 6ND rule (LoRA 4ND), every stage the arm needs, `full`'s training "
+             "included for the arms that start from its model, the teacher-logit cache's build for the -kd arm. Domain "
+             "accuracy on the whole test side (± stderr); general = mean of lm-eval's general group at "
+             f"{s['general_limit']} documents per task. Train s: not from a quiet machine.", "",
+             "| task | removed | arm | seed | blocks kept | steps | compute PFLOPs | domain acc | general acc | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    order = {arm: i for i, arm in enumerate(ARMS)}
+    for r in sorted(records, key=lambda r: (r["task"], r["removed_fraction"], order.get(r["arm"], 99), r["seed"])):
+        lines.append(f"| {r['task']} | {r['removed_fraction']:.0%} | {r['arm']} | {r['seed']} | {r['blocks_kept']} | "
+                     f"{r['steps']} | {r['compute_pflops']:.3f} | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | "
+                     f"{r['general_acc']:.3f} | {r['train_seconds']:.0f} |")
+    lines += ["", "Paired differences (a − b over the same test items, seeds pooled; 95 % paired-bootstrap interval, "
+              "exact McNemar p):", "", "| task | removed | a | b | seeds | diff | 95 % CI | p |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in figures["comparisons"]:
+        lines.append(f"| {c['task']} | {c['removed_fraction']:.0%} | {c['a']} | {c['b']} | {c['seeds']} | "
+                     f"{c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p']:.3g} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""scripts/study_v3.py's bookkeeping: each arm is the recipe it names, the compute count and the matched arms' steps
+against a hand computation, and the targets and plot it renders."""
+
+from __future__ import annotations
+
+import runpy
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT
+from trimllm.validation import load_recipe
+
+study = runpy.run_path(str(ROOT / "scripts" / "study_v3.py"))
+CONFIG = SimpleNamespace(vocab_size=100, hidden_size=10, tie_word_embeddings=True)  # embedding: 1000 parameters
+
+
+def recipe(tmp_path, arm: str, steps: int = 63):
+    (tmp_path / "full" / "final").mkdir(parents=True, exist_ok=True)
+    overrides = study["overrides"](arm, 0.5, steps, tmp_path / "full" / "final", tmp_path / "cache")
+    return load_recipe(ROOT / "recipes" / "smoke.yaml", ["eval.tasks=[]", *overrides])
+
+
+def test_every_arm_is_the_recipe_it_names(tmp_path):
+    full = str(tmp_path / "full" / "final")
+    default, bridge, kd = (recipe(tmp_path, arm) for arm in ("default", "default-bridge", "default-bridge-kd"))
+    assert (default.schedule.name, default.lora.r, default.train.lr, default.model.name) == ("oneshot", 64, 6e-4, full)
+    assert default.bridge is None and bridge.bridge is not None and not bridge.distill.enabled
+    assert (kd.distill.enabled, kd.distill.teacher, kd.distill.cache_k, kd.distill.tokens) == (True, full, 64, 16)
+    assert kd.distill.cache_dir == str(tmp_path / "cache") and kd.bridge is not None
+    shortgpt = recipe(tmp_path, "oneshot-matched", steps=190)
+    assert (shortgpt.model.name, shortgpt.lora.r, shortgpt.train.steps_per_stage) == ("smollm2-135m", 64, 190)
+    assert recipe(tmp_path, "full-matched", steps=95).schedule.name == recipe(tmp_path, "full").schedule.name == "none"
+    assert all(default.stop.target_fraction == 0.5 for default in (default, bridge, kd, shortgpt))
+
+
+def test_compute_counts_every_stage_and_the_matched_arms_spend_the_defaults():
+    """Full depth 31,000 parameters (30,000 in blocks), the pruned model 16,000 (15,000): one epoch of 10 steps
+    of 2,000 padded tokens each. LoRA counts 4 x block parameters x tokens."""
+    full = {"stages": [{"params": 31_000, "tokens": {"padded": 20_000}, "steps": 10}]}
+    pruned = {"stages": [{"params": 16_000, "tokens": {"padded": 20_000}, "steps": 10}]}
+    assert study["run_flops"](full, CONFIG) == 4 * 30_000 * 20_000
+    assert study["run_flops"](pruned, CONFIG, full_fine_tune=True) == 6 * 15_000 * 20_000
+    default_flops = study["run_flops"](full, CONFIG) + study["run_flops"](pruned, CONFIG)
+    default = {"compute_pflops": default_flops / 1e15, "tokens_per_step": 2_000.0, "params": 16_000}
+    assert study["matched_steps"](default, 31_000, CONFIG) == 15  # (30 + 15) / 30 x 10 steps at full depth
+    assert study["matched_steps"](default, 16_000, CONFIG) == 30  # (30 + 15) / 15 x 10 steps of the pruned model
+
+
+def record(arm: str, acc: float, task: str = "sciq", fraction: float = 0.5) -> dict:
+    return {"task": task, "arm": arm, "removed_fraction": 0.0 if arm == "full" else fraction, "seed": 0, "acc": acc,
+            "acc_stderr": 0.01, "general_acc": 0.4, "train_seconds": 100.0, "blocks_kept": 15, "steps": 63,
+            "compute_pflops": 1.0, "correct": "1" * int(acc * 100) + "0" * (100 - int(acc * 100))}
+
+
+@pytest.mark.parametrize("best, verdict", [(0.88, "met"), (0.80, "NOT met by 7.0 points")])
+def test_the_targets_say_met_or_by_how_much(best, verdict):
+    records = [record("full", 0.92), record("default", 0.75), record("default-bridge-kd", best),
+               record("full-matched", 0.93)]
+    lines = study["target_lines"](records)
+    sciq50 = next(line for line in lines if line.startswith("- sciq at 50%"))
+    assert f"**{verdict}**" in sciq50 and "`default-bridge-kd`" in sciq50 and f"{best - 0.93:+.3f}" in sciq50
+    assert any("financial_phrasebank at 25%" in line and "not run yet" in line for line in lines)
+
+
+def test_render_writes_the_table_and_the_plot(tmp_path):
+    records = [record("full", 0.92), record("default", 0.75), record("default", 0.85, fraction=0.25)]
+    comparisons = runpy.run_path(str(ROOT / "scripts" / "study.py"))["comparisons"](
+        records, pairs_of_arms=study["COMPARISONS"], full_depth=study["FULL_DEPTH"])
+    assert {(c["removed_fraction"], c["a"], c["b"]) for c in comparisons} == {(0.5, "default", "full"),
+                                                                              (0.25, "default", "full")}
+    setup = {"command": "python scripts/study_v3.py", "device": "cpu", "dtype": "float32", "machine": "x86_64",
+             "torch": "2", "transformers": "5", "date": "2026-12-07", "peft": "0.2", "lm_eval": "0.4",
+             "minutes": 1.0, "figures": "x.json", "general_limit": 100}
+    text = study["markdown"]({"records": records, "comparisons": comparisons, "setup": setup}, tmp_path / "v3.json")
+    assert (tmp_path / "v3.png").stat().st_size > 1000
+    assert "| sciq | 50% | default | 0 | 15 | 63 | 1.000 | 0.750 ± 0.010 |" in text
