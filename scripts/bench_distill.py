@@ -32,7 +32,7 @@ from _common import (
 )
 from bench_train import removal_order, timed_stage, training_parser
 
-from trimllm.config import Recipe
+from trimllm.config import DistillConfig, Recipe
 from trimllm.data import train_side_splits
 from trimllm.logit_cache import build as build_cache
 from trimllm.modeling import load_model
@@ -103,9 +103,8 @@ def alternate_arms(args, student, tokenizer, examples, teachers: dict, cache):
             recipe = Recipe()
             recipe.train.seed, recipe.train.steps_per_stage = repeat, args.warmup + args.steps
             recipe.train.batch_size, recipe.train.save_steps, recipe.train.logging_steps = args.batch_size, 0, 10_000
-            for key, value in (settings or {}).items():
-                setattr(recipe.distill, key, value)
-            teacher = (cache if recipe.distill.cache_k else teachers[recipe.distill.teacher_dtype]) if settings else None
+            recipe.distill = DistillConfig(**settings) if settings else None
+            teacher = (cache if settings.get("cache_k") else teachers[recipe.distill.teacher_dtype]) if settings else None
             _, seconds, stats = timed_stage(student, tokenizer, examples, recipe, teacher)
             runs[arm].append({"s_per_step": statistics.mean(seconds[args.warmup:]), "peak_memory_mb": stats.peak_memory_mb,
                               "teacher_s_per_step": stats.teacher_seconds / len(seconds)})

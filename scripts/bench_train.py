@@ -46,7 +46,7 @@ from _common import (
 )
 from transformers import TrainerCallback
 
-from trimllm.config import Recipe
+from trimllm.config import PLDConfig, Recipe
 from trimllm.data import train_side_splits
 from trimllm.modeling import load_model
 from trimllm.multiple_choice import mc_correct
@@ -176,7 +176,7 @@ def throughput(args) -> None:
         r.train.seed = seed  # each on/off pair draws other PLD gates (and the same data order within the pair)
         r.train.steps_per_stage = args.warmup + args.steps
         r.train.batch_size, r.train.save_steps, r.train.logging_steps = args.batch_size, 0, 10_000
-        r.pld.enabled, r.pld.theta_bar, r.pld.gamma = pld, args.theta_bar, args.pld_gamma
+        r.pld = PLDConfig(theta_bar=args.theta_bar, gamma=args.pld_gamma) if pld else None
         return r
 
     noise = TimingNoise().start()

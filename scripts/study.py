@@ -111,7 +111,7 @@ def arm_overrides(arm: str, fraction: float, steps: int, layers: int, teacher: s
     if arm == "none":
         return ["schedule=none", f"train.steps_per_stage={steps}"]
     oneshot = ["schedule=oneshot", f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
-    kd = ["distill.enabled=true", "distill.alpha=0.5", "distill.temperature=1.0", "distill.tokens=answer"]
+    kd = ["distill={}", "distill.alpha=0.5", "distill.temperature=1.0", "distill.tokens=answer"]
     if arm == "oneshot-ce":
         return oneshot
     if (variant := arm.removeprefix("oneshot-")) in DISTILL:
@@ -220,7 +220,7 @@ def comparisons(records: list[dict], resamples=10_000, pairs_of_arms=COMPARISONS
 def default_arm() -> str:
     """The arm the shipped recipes use, read from recipes/finance.yaml (all domain recipes share the method)."""
     recipe = load_recipe(ROOT / "recipes" / "finance.yaml", [])
-    kd = "kd" if recipe.distill.enabled else "ce"
+    kd = "kd" if recipe.distill is not None else "ce"
     if recipe.schedule.name == "tuned_oneshot":  # = the oneshot-ft arm: oneshot on the none arm's tuned model
         levers = [name for name, on in (("r64", recipe.pruned.r == 64),  # the pruned model's adapter rank
                                         ("lr", (recipe.pruned.lr or 0) > recipe.train.lr)) if on]

@@ -65,7 +65,7 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
     if arm == "oneshot-matched":
         return [*DEFAULT, *cut]
     arm_levers = {"default": [], "default-bridge": ["bridge={}"],
-                  "default-bridge-kd": ["bridge={}", "distill.enabled=true", f"distill.teacher={full}",
+                  "default-bridge-kd": ["bridge={}", "distill={}", f"distill.teacher={full}",
                                         "distill.alpha=0.5", f"distill.tokens={KD_POSITIONS}", "distill.cache_k=64",
                                         f"distill.cache_dir={cache}"]}
     return [f"model.name={full}", *DEFAULT, *cut, *arm_levers[arm]]

@@ -148,18 +148,18 @@ class BridgeConfig:
 
 @dataclass
 class PLDConfig:
-    """Progressive Layer Dropping during training (Zhang & He 2020); see trimllm.pld."""
+    """Progressive Layer Dropping during training (Zhang & He 2020); see trimllm.pld. ``pld: null`` (the default)
+    trains every block in every step; ``pld: {}`` drops with the settings below."""
 
-    enabled: bool = False
     theta_bar: float = 0.5  # the keep ratio theta(t) decays to
     gamma: float = 0.001  # decay rate per optimizer step (counted over the whole run)
 
 
 @dataclass
 class DistillConfig:
-    """Distillation from an unpruned teacher while the pruned model trains (Minitron); see trimllm.distill."""
+    """Distillation from an unpruned teacher while the pruned model trains (Minitron); see trimllm.distill.
+    ``distill: null`` (the default) trains on the gold answer only; ``distill: {}`` distils with the settings below."""
 
-    enabled: bool = False
     teacher: str = "stage0"  # stage0 (the full-depth model as fine-tuned in stage 0), base, or a model path / spec
     alpha: float = 0.5  # weight of the CE loss on the gold answer; 1 - alpha on the KL (0 = distillation only)
     temperature: float = 1.0
@@ -198,8 +198,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     pruned: PrunedConfig = field(default_factory=PrunedConfig)
     bridge: BridgeConfig | None = None
-    pld: PLDConfig = field(default_factory=PLDConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    pld: PLDConfig | None = None
+    distill: DistillConfig | None = None
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/trimllm"

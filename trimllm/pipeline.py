@@ -68,7 +68,7 @@ class RunState:
     train_examples: list[dict]
     run: RunFile
     metric: str = "acc"  # the validation metric: acc, or token_prob for completion / text data (trimllm.formats)
-    teacher: nn.Module | None = None  # distill.enabled: loaded once, at the first stage that distills
+    teacher: nn.Module | None = None  # a distill section: loaded once, at the first stage that distills
 
 
 def run(recipe: Recipe, overwrite: bool = False) -> dict:
@@ -222,7 +222,7 @@ def teacher(state: RunState, stage: int) -> nn.Module | None:
     """The distillation teacher of ``stage`` (``distill``), or None. A resumed run rebuilds ``stage0`` from its
     exported checkpoint."""
     cfg = state.recipe.distill
-    source = teacher_source(cfg.teacher, stage, state.out, state.recipe.model.name) if cfg.enabled else None
+    source = teacher_source(cfg.teacher, stage, state.out, state.recipe.model.name) if cfg is not None else None
     if source is not None and state.teacher is None:
         dtype = state.recipe.model.dtype if cfg.teacher_dtype == "auto" else cfg.teacher_dtype
         state.teacher = load_teacher(source, state.model, dtype)
@@ -240,7 +240,7 @@ def tidy_stages(state: RunState) -> None:
     final`` only the last two stages stay (the resume point and the accuracy floor's fallback). The resume point
     and a ``stage0`` distillation teacher, which a resumed run reloads, stay as trained."""
     cfg, stages = state.recipe.export, state.run.stages
-    teacher = state.recipe.distill.enabled and state.recipe.distill.teacher == "stage0"
+    teacher = state.recipe.distill is not None and state.recipe.distill.teacher == "stage0"
     for index, record in enumerate(stages[:-1]):
         folder = state.out / record.dir
         if not folder.is_dir() or (teacher and record.stage == 0):

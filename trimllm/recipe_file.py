@@ -77,6 +77,24 @@ def moved(old: str, value) -> str:
     return line
 
 
+# Sections that were switched by an ``enabled`` flag until v0.3 and are now off when null, on when a mapping (as
+# ``bridge``): the flag is read once more, with a line that names the new spelling.
+SWITCHED = ("distill", "pld")
+
+
+def switch(raw: dict, section: str, on, saved: bool = False) -> str | None:
+    """Turn ``raw``'s optional ``section`` on (a mapping: the one given, else its defaults) or off (null) as a
+    former ``section.enabled`` said; the line that says so (logged), none for a saved run's recipe."""
+    node = raw.get(section)
+    raw[section] = (node if isinstance(node, dict) else {}) if on else None
+    if saved:
+        return None
+    line = (f"recipe: {section}.enabled is gone: {section}: null is off, a {section}: mapping is on (read as "
+            f"{section}: {'{...}' if on else 'null'}; write it so and this line goes)")
+    logger.warning(line)
+    return line
+
+
 # A plug-in section may be spelled by its plug-in's name alone: ``schedule: oneshot`` (or ``schedule=oneshot`` on
 # the command line) is ``schedule: {name: oneshot}``, the schedule with its own defaults.
 SHORTHAND = {"schedule": "name"}
@@ -181,6 +199,9 @@ def read_recipe(path: str | Path | None, overrides: list[str] = ()) -> tuple[dic
         key = key.strip()
         try:
             value = yaml.safe_load(value)
+            if key.endswith(".enabled") and key.split(".")[0] in SWITCHED:  # v0.3's flag of an optional section
+                switch(raw, key.split(".")[0], value)
+                continue
             if key in MOVED:  # a v0.2 key: set at its new place, saying so
                 moved(key, value)
                 key = MOVED[key]
@@ -209,6 +230,10 @@ def upgrade(raw: dict, saved: bool = False) -> list[str]:
     logged (none for ``saved``, a run folder's resolved.yaml, which is also forgiven options its plug-in does
     not take: it was valid when it ran)."""
     notices = []
+    for section in SWITCHED:
+        node = raw.get(section)
+        if isinstance(node, dict) and "enabled" in node:
+            notices += [line for line in [switch(raw, section, node.pop("enabled"), saved)] if line]
     for old, new in MOVED.items():
         section, key = old.split(".")
         node = raw.get(section)

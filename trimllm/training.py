@@ -204,7 +204,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     result back: frozen blocks (``plan.frozen``) get no trainable parameters. ``extra_callbacks`` are added to the
     Trainer's (the benchmarks time steps). With ``files.resume``, training continues from the newest complete
     checkpoint in ``files.work_dir`` (optimizer, scheduler, RNG, data position and token counts included); ``model``
-    must already have the stage's structure. With a ``teacher`` (``distill.enabled``), the loss distills it
+    must already have the stage's structure. With a ``teacher`` (a ``distill`` section), the loss distills it
     (:mod:`trimllm.distill`).
     """
     from transformers import set_seed
@@ -219,7 +219,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
     trainee = method.prepare(model, tokenizer, recipe, spec, work_dir)
     stage_callbacks = [*callbacks(files.metrics, stage), FiniteWeights(stage, recipe), *extra_callbacks]
     pld = None
-    if recipe.pld.enabled:
+    if recipe.pld is not None:
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=recipe.train.seed)
         stage_callbacks.append(pld_callback(pld, spec.pld_offset))
     with _tensorboard_dir(files.tensorboard or work_dir / "tensorboard"):
@@ -329,7 +329,7 @@ def training_arguments(recipe: Recipe, work_dir: Path, spec: StageSpec | int = 0
         use_cpu=not cuda,
         bf16=cuda and method.bf16,
         ddp_backend="gloo" if world_size() > 1 and not cuda else None,
-        ddp_find_unused_parameters=recipe.pld.enabled,  # a skipped block's adapters get no gradient that step
+        ddp_find_unused_parameters=recipe.pld is not None,  # a skipped block's adapters get no gradient that step
         fsdp=cfg.fsdp,
         fsdp_config=cfg.fsdp_config,
         deepspeed=cfg.deepspeed,

@@ -79,9 +79,10 @@ def _range_problems(recipe: Recipe) -> list[str]:
     """Numbers in their ranges, and at least one stop rule for the schedules that need one."""
     from trimllm.distributed import world_size
 
-    processes, floor = world_size(), recipe.stop.accuracy_floor
+    processes, floor, pld = world_size(), recipe.stop.accuracy_floor, recipe.pld
     checks = [
-        (0 < recipe.pld.theta_bar <= 1 and recipe.pld.gamma >= 0, f"pld.theta_bar = {recipe.pld.theta_bar} must be in (0, 1] and pld.gamma = {recipe.pld.gamma} >= 0"),
+        (pld is None or (0 < pld.theta_bar <= 1 and pld.gamma >= 0),
+         f"pld.theta_bar = {pld and pld.theta_bar} must be in (0, 1] and pld.gamma = {pld and pld.gamma} >= 0"),
         (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
         (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
         (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
@@ -221,7 +222,7 @@ def _distill_problems(recipe: Recipe) -> list[str]:
     from trimllm.schedules import SCHEDULES, schedule_facts
 
     cfg, name = recipe.distill, recipe.schedule.name
-    if name not in SCHEDULES or not cfg.enabled:
+    if name not in SCHEDULES or cfg is None:
         return []  # an unknown schedule is named in _name_problems
     checks = [
         (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),

@@ -24,7 +24,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny("qwen2", tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
-@pytest.mark.parametrize("extra, port", [([], 29533), (["distill.enabled=true", "distill.alpha=0.5"], 29534)],
+@pytest.mark.parametrize("extra, port", [([], 29533), (["distill={}", "distill.alpha=0.5"], 29534)],
                          ids=["plain", "distill"])
 def test_two_process_gloo_run_matches_one_process(tiny_dir, tmp_path, extra, port):
     single = run_tiny(tiny_dir, tmp_path / "single", *RUN, *extra)

@@ -47,7 +47,7 @@ def kill_run(tiny_dir, out, at: str, extra: list[str]) -> list[str]:
     return overrides
 
 
-DISTILL = ["distill.enabled=true", "distill.tokens=all", "distill.hidden_weight=0.5", "schedule.options.order=fixed"]
+DISTILL = ["distill={}", "distill.tokens=all", "distill.hidden_weight=0.5", "schedule.options.order=fixed"]
 
 
 @pytest.mark.parametrize("extra", [[], DISTILL, ["bridge={}"]], ids=["plain", "distill", "bridge"])
@@ -128,6 +128,11 @@ def v02_spelling(saved: dict) -> dict:
     pruned = saved.pop("pruned")
     saved["lora"].update(pruned_r=pruned["r"], pruned_alpha=pruned["alpha"])
     saved["train"]["pruned_lr"] = pruned["lr"]
+    # until v0.3, distill and pld were switched by a flag, every key spelled
+    distill = {k: v for k, v in (saved["distill"] or {}).items() if k not in ("cache_k", "cache_dir")}
+    saved["distill"] = {"enabled": saved["distill"] is not None, "teacher": "stage0", "alpha": 0.5,
+                        "temperature": 1.0, "tokens": "answer", "hidden_weight": 0.0, "teacher_dtype": "auto", **distill}
+    saved["pld"] = {"enabled": False, "theta_bar": 0.5, "gamma": 0.001}
     return saved
 
 

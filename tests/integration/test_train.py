@@ -163,7 +163,7 @@ def test_parameter_target_stops_the_loop(tiny_dir, tmp_path):
 
 
 def test_progressive_layer_dropping_run(tiny_dir, tmp_path):
-    plan = run_tiny(tiny_dir, tmp_path / "pld", "pld.enabled=true", "pld.gamma=1.0", "schedule.options.per_stage=1",
+    plan = run_tiny(tiny_dir, tmp_path / "pld", "pld={}", "pld.gamma=1.0", "schedule.options.per_stage=1",
                     "stop.target_fraction=0.34", "train.steps_per_stage=4")
     assert [len(s["removed"]) for s in plan["stages"]] == [0, 1, 2]
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "pld" / "final")
@@ -215,7 +215,7 @@ def test_stage0_steps_zero_starts_from_the_given_model_as_it_is(tiny_dir, tmp_pa
     """train.stage0_steps=0: stage 0 exports the model given, untouched, and is the stage0 teacher of what follows."""
     out = tmp_path / "from-final"
     plan = run_tiny(tiny_dir, out, "schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.stage0_steps=0",
-                    "distill.enabled=true", "scoring.order=fixed")
+                    "distill={}", "scoring.order=fixed")
     steps = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -272,7 +272,7 @@ def test_fixed_order_removes_in_the_order_scored_once_on_the_stage0_model(tiny_d
 
 def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_path):
     common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34"]
-    distilled = run_tiny(tiny_dir, tmp_path / "kd", *common, "distill.enabled=true", "distill.alpha=0",
+    distilled = run_tiny(tiny_dir, tmp_path / "kd", *common, "distill={}", "distill.alpha=0",
                          "distill.tokens=all", "distill.hidden_weight=0.5")
     plain = run_tiny(tiny_dir, tmp_path / "ce", *common)
     assert [s["dropped"] for s in distilled["stages"]][:2] == [s["dropped"] for s in plain["stages"]][:2]
@@ -285,7 +285,7 @@ def test_distillation_from_the_stage0_teacher_changes_the_loss(tiny_dir, tmp_pat
     assert [x for x in kd if x[0] == 0] == [x for x in ce if x[0] == 0]  # stage 0 trains the teacher: CE only
     assert [x for x in kd if x[0] == 1] != [x for x in ce if x[0] == 1]  # later stages distill
     # distill.teacher_dtype: the stage-0 teacher reloaded in bfloat16: stage 1's losses move by its rounding only
-    run_tiny(tiny_dir, tmp_path / "kd16", *common, "distill.enabled=true", "distill.alpha=0", "distill.tokens=all",
+    run_tiny(tiny_dir, tmp_path / "kd16", *common, "distill={}", "distill.alpha=0", "distill.tokens=all",
              "distill.hidden_weight=0.5", "distill.teacher_dtype=bfloat16")
     kd16 = [loss for stage, loss in losses(tmp_path / "kd16") if stage == 1]
     kd32 = [loss for stage, loss in kd if stage == 1]
@@ -310,7 +310,7 @@ def test_a_cached_teacher_trains_as_the_live_one_and_is_shared_across_runs(tiny_
     """``distill.cache_k`` = the whole vocabulary: the pruned stages' losses are the live teacher's (within the
     cache's float16); the cache sits in the run folder, and a second run pointed at it (``distill.cache_dir``) with
     the same teacher reads it instead of building another; ``distill.tokens: N`` trains too."""
-    common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill.enabled=true", "distill.alpha=0",
+    common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill={}", "distill.alpha=0",
               "distill.tokens=all"]
     run_tiny(tiny_dir, tmp_path / "live", *common)
     run_tiny(tiny_dir, tmp_path / "cached", *common, "distill.cache_k=96")
@@ -330,12 +330,12 @@ def test_a_cached_teacher_trains_as_the_live_one_and_is_shared_across_runs(tiny_
 
 
 @pytest.mark.parametrize("method", [["lora.method=full", "train.lr=1e-4"], ["lora.method=qlora", "lora.r=2"],
-                                    ["pld.enabled=true", "pld.gamma=1.0"]], ids=["full", "qlora", "pld"])
+                                    ["pld={}", "pld.gamma=1.0"]], ids=["full", "qlora", "pld"])
 def test_distillation_trains_with_every_method_and_pld(tiny_dir, tmp_path, method):
     """The stage-0 teacher distils into a full fine-tune, a QLoRA adapter and a PLD run alike: the pruned stages'
     losses are finite and differ from the same run without a teacher, and the final model loads."""
     common = ["schedule.options.per_stage=1", "stop.target_fraction=0.34", *method]
-    run_tiny(tiny_dir, tmp_path / "kd", *common, "distill.enabled=true", "distill.alpha=0")
+    run_tiny(tiny_dir, tmp_path / "kd", *common, "distill={}", "distill.alpha=0")
     run_tiny(tiny_dir, tmp_path / "ce", *common)
 
     def pruned_losses(out):
@@ -366,7 +366,7 @@ def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypat
         return loss(self, inputs, *args)
 
     monkeypatch.setattr(Distiller, "loss", recording)
-    run_tiny(tiny_dir, tmp_path / "kd", "schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill.enabled=true")
+    run_tiny(tiny_dir, tmp_path / "kd", "schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill={}")
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
 
     def encoded(records):

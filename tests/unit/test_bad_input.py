@@ -81,16 +81,16 @@ def no_traceback(text: str) -> bool:
     ("trian.lr=1", "unknown key trian"),
     ("train.lr", "is not key=value"),
     ("train.lr=[", "the value is not valid YAML"),
-    ("distill.enabled=true", "distill.teacher = stage0 needs a full-depth stage 0"),
+    ("distill={}", "distill.teacher = stage0 needs a full-depth stage 0"),
 ])
 def test_validate_refuses_what_cannot_work(capsys, monkeypatch, override, words):
-    extra = ["schedule=oneshot", "stop.target_fraction=0.5"] if override == "distill.enabled=true" else []
+    extra = ["schedule=oneshot", "stop.target_fraction=0.5"] if override == "distill={}" else []
     code, out = trimllm(capsys, monkeypatch, "validate", SMOKE, override, *extra)
     assert code == 2 and words in out and no_traceback(out), out
 
 
 def test_validate_refuses_an_unknown_teacher_dtype(capsys, monkeypatch):
-    code, out = trimllm(capsys, monkeypatch, "validate", SMOKE, "distill.enabled=true", "distill.teacher_dtype=int8")
+    code, out = trimllm(capsys, monkeypatch, "validate", SMOKE, "distill={}", "distill.teacher_dtype=int8")
     assert code == 2 and "distill.teacher_dtype = 'int8' must be auto, float32, bfloat16 or float16" in out, out
     assert no_traceback(out)
 

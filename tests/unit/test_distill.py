@@ -125,7 +125,7 @@ def test_stage0_teacher_needs_a_full_depth_stage_0(schedule):
     from tests.conftest import ROOT
 
     with pytest.raises(RecipeError, match="needs a full-depth stage 0"):
-        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", f"schedule={schedule}",
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill={}", f"schedule={schedule}",
                                                       "stop.target_fraction=0.2"])
 
 
@@ -157,5 +157,5 @@ def test_distillation_options_that_cannot_work_are_refused(overrides, message):
     from tests.conftest import ROOT
 
     with pytest.raises(RecipeError, match=message):
-        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", *overrides])
-    load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.enabled=true", "distill.tokens=16", "distill.cache_k=8"])
+        load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill={}", *overrides])
+    load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill={}", "distill.tokens=16", "distill.cache_k=8"])

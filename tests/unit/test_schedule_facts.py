@@ -56,9 +56,9 @@ def test_the_checks_follow_the_declared_facts(registered):
     assert problems("schedule.name=chunked", "stop.target_fraction=null") == [
         "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"]
     # a stage0 teacher exists where stage 0 trains the full depth before anything is removed
-    assert problems("schedule.name=chunked", "distill.enabled=true") == []
+    assert problems("schedule.name=chunked", "distill={}") == []
     assert any("distill.teacher = stage0 needs a full-depth stage 0, which schedule 'untouched'" in p
-               for p in problems("schedule=untouched", "distill.enabled=true"))
+               for p in problems("schedule=untouched", "distill={}"))
 
 
 def test_an_order_option_takes_its_default_from_the_signature_and_fixed_is_refused_elsewhere(registered):

@@ -39,11 +39,11 @@ def test_every_arm_trains_the_same_steps_and_is_the_method_it_names(teacher):
     for steps in (63, 94):
         assert {pruned_steps(recipe(teacher, arm, steps=steps)) for arm in study["ARMS"]} == {steps}
     kd = recipe(teacher, "oneshot-kd")
-    assert kd.distill.enabled and kd.distill.teacher == teacher and kd.model.name == "smollm2-135m"
-    assert not recipe(teacher, "oneshot-ce").distill.enabled and recipe(teacher, "oneshot-ce").model.name == "smollm2-135m"
+    assert kd.distill is not None and kd.distill.teacher == teacher and kd.model.name == "smollm2-135m"
+    assert recipe(teacher, "oneshot-ce").distill is None and recipe(teacher, "oneshot-ce").model.name == "smollm2-135m"
     fixed, rescore = recipe(teacher, "progressive-fixed-kd"), recipe(teacher, "progressive-rescore-ce")
-    assert (fixed.schedule.options["order"], fixed.distill.enabled, fixed.distill.teacher) == ("fixed", True, "stage0")
-    assert (rescore.schedule.options["order"], rescore.distill.enabled) == ("rescore", False)
+    assert (fixed.schedule.options["order"], fixed.distill.teacher) == ("fixed", "stage0")
+    assert (rescore.schedule.options["order"], rescore.distill) == ("rescore", None)
     assert fixed.model.name == rescore.model.name == recipe(teacher, "oneshot-ft-ce").model.name == teacher
     assert fixed.schedule.options["per_stage"] == 5  # 15 of 30 blocks in 3 stages
     assert recipe(teacher, "progressive-fixed-kd", 0.25).schedule.options["per_stage"] == 3  # 8 of 30 blocks, the last stage capped
@@ -98,7 +98,7 @@ def test_default_arm_is_what_the_shipped_recipe_runs():
     assert arm in study["ARMS"]
     # tuned_oneshot is the oneshot-ft arm (oneshot on the none arm's domain-tuned model) as one recipe
     assert arm.startswith({"tuned_oneshot": "oneshot-ft"}.get(finance.schedule.name, finance.schedule.name))
-    assert arm.endswith("-kd") == finance.distill.enabled
+    assert arm.endswith("-kd") == (finance.distill is not None)
     # the recovery levers as recipe settings: the pruned model's rank or learning rate
     assert ("-r64" in arm) == (finance.pruned.r == 64)
     assert arm.endswith("-lr") == (finance.pruned.lr is not None and finance.pruned.lr > finance.train.lr)

@@ -25,8 +25,8 @@ def test_every_arm_is_the_recipe_it_names(tmp_path):
     full = str(tmp_path / "full" / "final")
     default, bridge, kd = (recipe(tmp_path, arm) for arm in ("default", "default-bridge", "default-bridge-kd"))
     assert (default.schedule.name, default.lora.r, default.train.lr, default.model.name) == ("oneshot", 64, 6e-4, full)
-    assert default.bridge is None and bridge.bridge is not None and not bridge.distill.enabled
-    assert (kd.distill.enabled, kd.distill.teacher, kd.distill.cache_k, kd.distill.tokens) == (True, full, 64, 16)
+    assert default.bridge is None and bridge.bridge is not None and bridge.distill is None
+    assert (kd.distill is not None, kd.distill.teacher, kd.distill.cache_k, kd.distill.tokens) == (True, full, 64, 16)
     assert kd.distill.cache_dir == str(tmp_path / "cache") and kd.bridge is not None
     shortgpt = recipe(tmp_path, "oneshot-matched", steps=190)
     assert (shortgpt.model.name, shortgpt.lora.r, shortgpt.train.steps_per_stage) == ("smollm2-135m", 64, 190)

@@ -74,6 +74,25 @@ def test_v02_overrides_and_v02_unset_values_still_work(tmp_path, caplog):
     assert recipe.scoring.options == {"fast": True, "proxy": "block_influence", "proxy_k": None, "proxy_fraction": 0.25}
 
 
+def test_a_section_switched_by_an_enabled_flag_is_read_as_null_or_a_mapping(tmp_path, caplog):
+    """Until v0.3 ``distill`` and ``pld`` had an ``enabled`` flag; now they are off when null and on when a mapping
+    (as ``bridge``): a file or an override with the flag loads the same, with one line each."""
+    flags = "distill: {enabled: true, alpha: 0.0, tokens: all}\npld: {enabled: false, theta_bar: 0.5, gamma: 0.001}\n"
+    with caplog.at_level(logging.WARNING, logger="trimllm.recipe_file"):
+        old = load_recipe(recipe_file(tmp_path, flags, "flags.yaml"))
+        lines = [r.getMessage() for r in caplog.records if r.name == "trimllm.recipe_file"]
+        assert load_recipe(ROOT / "recipes" / "smoke.yaml", ["pld.enabled=true"]).pld.gamma == 0.001
+    new = load_recipe(recipe_file(tmp_path, "distill: {alpha: 0.0, tokens: all}\npld: null\n", "new.yaml"))
+    assert old.to_dict() == new.to_dict() and new.pld is None and (new.distill.alpha, new.distill.tokens) == (0.0, "all")
+    assert lines == [
+        "recipe: distill.enabled is gone: distill: null is off, a distill: mapping is on (read as distill: {...}; write "
+        "it so and this line goes)",
+        "recipe: pld.enabled is gone: pld: null is off, a pld: mapping is on (read as pld: null; write it so and this "
+        "line goes)"]
+    assert load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.alpha=0.2", "distill.enabled=false"]).distill is None
+    assert load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill.alpha=0.2"]).distill.alpha == 0.2  # an option: on
+
+
 def test_a_v02_option_that_the_schedule_does_not_take_is_refused_not_dropped():
     # v0.2 ignored schedule.per_stage under tuned_oneshot without a word; now it names the option and what is taken
     with pytest.raises(RecipeError, match="schedule 'tuned_oneshot' does not take option 'per_stage'"):
