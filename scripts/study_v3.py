@@ -71,6 +71,12 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
     return [f"model.name={full}", *DEFAULT, *cut, *arm_levers[arm]]
 
 
+def accumulate(args) -> list[str]:
+    """The batch in ``--grad-accum`` micro-batches: the same optimizer steps (the Trainer divides by the tokens of
+    the accumulated batch), a fraction of the activation memory (SciQ's 512-token rows at batch 16 took 23 GB)."""
+    return [f"train.batch_size={args.batch_size // args.grad_accum}", f"train.grad_accum={args.grad_accum}"]
+
+
 def block_params(params: int, model_config) -> int:
     """The parameters a token's forward multiplies through, less the embedding and LM head."""
     vh = model_config.vocab_size * model_config.hidden_size
@@ -108,7 +114,7 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
     steps = budget_steps(task, args)
     cache = args.work / f"{task}-teacher-logits-{seed}"
     full_out, full_plan = train_arm("full", 0.0, task, seed, args, args.work, layers, None,
-                                    overrides("full", 0.0, steps, None, cache))
+                                    [*overrides("full", 0.0, steps, None, cache), *accumulate(args)])
     full_params = full_plan["stages"][0]["params"]
     for arm in args.arms.split(","):
         key = (task, arm, 0.0 if arm in FULL_DEPTH else fraction, seed)
@@ -121,7 +127,7 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
                 raise SystemExit(f"{arm} needs the default arm's compute: run 'default' first (--arms)")
             arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config)
         out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
-                              overrides(arm, fraction, arm_steps, full_out / "final", cache))
+                              [*overrides(arm, fraction, arm_steps, full_out / "final", cache), *accumulate(args)])
         flops = run_flops(plan, config) + (run_flops(full_plan, config) if arm in FROM_FULL else 0.0)
         flops += teacher_flops(task, args, config, full_params, arm)
         last = plan["stages"][-1]
@@ -139,6 +145,7 @@ def main() -> None:
     options.add_argument("--fractions", default="0.5,0.25")
     options.add_argument("--arms", default=",".join(ARMS))
     options.add_argument("--batch-size", type=int, default=16)
+    options.add_argument("--grad-accum", type=int, default=2, help="micro-batches per step of --batch-size")
     options.add_argument("--eval-batch-size", type=int, default=16)
     options.add_argument("--n-validation", type=int, default=100)
     options.add_argument("--general-limit", type=int, default=100)
