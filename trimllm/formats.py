@@ -20,12 +20,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from trimllm.data import draw_splits, train_side_splits
+from trimllm.data import draw_splits, load_side
 from trimllm.prompts import MCItem, item_from_task, mc_item, task_object
 from trimllm.user_data import content, task_name, user_sides
+
+if TYPE_CHECKING:
+    from trimllm.config import DataConfig
 
 OUTPUT_TYPES = {"multiple_choice": "multiple_choice", "completion": "loglikelihood", "text": "loglikelihood_rolling"}
 METRICS = {  # lm-eval's metrics of each output type
@@ -47,6 +51,56 @@ class TrainingData:
     metric: str  # acc (multiple choice) or token_prob (completion, text)
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """One data set, bundled or the user's own, as a run reads it: its name, format, sides (records carrying
+    ``_uid``) and how a record becomes an item. The two constructors are the only place the two differ
+    (:meth:`bundled`: the shipped files and prompts, :mod:`trimllm.data`; :meth:`own`: ``data.source`` read and
+    rendered through lm-eval's task object, :mod:`trimllm.user_data`); splits, items, examples and the validation
+    metric then take one path."""
+
+    name: str
+    format: str  # multiple_choice, completion or text (OUTPUT_TYPES)
+    train: tuple[dict, ...]
+    test: tuple[dict, ...]
+    validation: tuple[dict, ...] | None = None  # the user's own validation split; None: drawn from the train side
+    config: DataConfig | None = None  # a user data set's settings (its templates); None: a bundled set
+
+    @classmethod
+    def bundled(cls, name: str) -> DataSource:
+        return cls(name, "multiple_choice", tuple(load_side(name, "train")), tuple(load_side(name, "test")))
+
+    @classmethod
+    def own(cls, cfg: DataConfig) -> DataSource:
+        sides = user_sides(cfg)
+        return cls(task_name(cfg), cfg.format, sides.train, sides.test, sides.validation, cfg)
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> DataSource:
+        """The source a :class:`trimllm.config.DataConfig` names: ``data.source`` if set, else ``data.task``."""
+        return cls.own(cfg) if cfg.source else cls.bundled(cfg.task)
+
+    @property
+    def metric(self) -> str:
+        """The validation metric: accuracy for multiple choice, token probability otherwise."""
+        return "acc" if self.format == "multiple_choice" else "token_prob"
+
+    def splits(self, n_validation: int, n_calibration: int, seed: int = 0, n_train: int | None = None):
+        """The train side drawn into disjoint train / validation / calibration (:func:`trimllm.data.draw_splits`);
+        a validation split of the user's own replaces the drawn one."""
+        own = self.validation is not None
+        splits = draw_splits(list(self.train), self.name, 0 if own else n_validation, n_calibration, seed, n_train)
+        if own:
+            splits["validation"] = list(self.validation[:n_validation])
+        return splits
+
+    def items(self, records: list[dict]) -> list[MCItem]:
+        """Records as items (prompt, choices or target, gold): the bundled set's prompt, or the user's templates."""
+        if self.config is None:
+            return [mc_item(self.name, r) for r in records]
+        return user_items(self.config, records)
+
+
 def data_name(cfg) -> str:
     """The data set's name: the bundled ``data.task``, or the user data set's task name."""
     return task_name(cfg) if cfg.source else cfg.task
@@ -57,34 +111,17 @@ def training_data(cfg, tokenizer) -> TrainingData:
     calibration (disjoint; no test item), as examples and items of its format."""
     from trimllm.sft import sft_examples
 
-    if not cfg.source:
-        splits = train_side_splits(cfg.task, cfg.n_validation, cfg.n_calibration, cfg.seed, cfg.n_train)
-        items = {k: [mc_item(cfg.task, r) for r in records] for k, records in splits.items()}
-        return TrainingData(sft_examples(tokenizer, items["train"], cfg.max_length), items["validation"],
-                            items["calibration"], "acc")
-    splits = user_splits(cfg)
-    if cfg.format == "text":
+    source = DataSource.of(cfg)
+    splits = source.splits(cfg.n_validation, cfg.n_calibration, cfg.seed, cfg.n_train)
+    if source.format == "text":
         blocks = {k: text_blocks(tokenizer, [r[cfg.text_field] for r in v], cfg.max_length) for k, v in splits.items()}
         examples = [{"input_ids": b, "labels": [-100, *b[1:]]} for b in blocks["train"]]  # no target for token 0
         prefix = tokenizer.eos_token or ""
         items = {k: [MCItem(prefix, (tokenizer.decode(b),), 0) for b in v] for k, v in blocks.items()}
-        return TrainingData(examples, items["validation"], items["calibration"], "token_prob")
-    items = {k: user_items(cfg, v) for k, v in splits.items()}
-    metric = "acc" if cfg.format == "multiple_choice" else "token_prob"
+        return TrainingData(examples, items["validation"], items["calibration"], source.metric)
+    items = {k: source.items(v) for k, v in splits.items()}
     return TrainingData(sft_examples(tokenizer, items["train"], cfg.max_length), items["validation"],
-                        items["calibration"], metric)
-
-
-def user_splits(cfg) -> dict[str, list[dict]]:
-    """A user data set's train side drawn as the bundled sets' (:func:`trimllm.data.draw_splits`); a validation
-    split of the user's own replaces the drawn one."""
-    sides = user_sides(cfg)
-    own = sides.validation is not None
-    splits = draw_splits(list(sides.train), task_name(cfg), 0 if own else cfg.n_validation, cfg.n_calibration,
-                         cfg.seed, cfg.n_train)
-    if own:
-        splits["validation"] = list(sides.validation[: cfg.n_validation])
-    return splits
+                        items["calibration"], source.metric)
 
 
 def lm_eval_config(cfg) -> dict:
@@ -159,7 +196,7 @@ def write_task(cfg, folder: Path) -> Path:
     name = task_name(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     test = (folder / f"{name}_test.jsonl").resolve()
-    rows = [content(r) for r in user_sides(cfg).test]
+    rows = [content(r) for r in DataSource.own(cfg).test]
     write_text_atomic(test, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
     config = {**lm_eval_config(cfg), "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(test)}}}
     header = f"# lm-eval task written by trimllm for data.source {cfg.source!r}: lm_eval --include_path {folder} --tasks {name}\n"

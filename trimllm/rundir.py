@@ -160,9 +160,9 @@ def data_fingerprint(data, cfg) -> dict[str, str]:
              "validation": digest([(i.uid, i.context, i.choices, i.gold) for i in data.validation]),
              "calibration": digest([(i.uid, i.context, i.choices, i.gold) for i in data.calibration])}
     if cfg.source:
-        from trimllm.user_data import user_sides
+        from trimllm.formats import DataSource
 
-        parts["test"] = digest([r["_uid"] for r in user_sides(cfg).test])
+        parts["test"] = digest([r["_uid"] for r in DataSource.own(cfg).test])
     return parts
 
 

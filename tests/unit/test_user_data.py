@@ -203,3 +203,24 @@ def test_a_mapping_of_split_to_file_is_read_as_splits(tmp_path):
         load_recipe(ROOT / "recipes" / "smoke.yaml", ['data.source={"train": "a.jsonl", "dev": "b.jsonl"}', *mc])
     with pytest.raises(RecipeError, match="data.splits is set too"):
         load_recipe(ROOT / "recipes" / "smoke.yaml", [f"data.source={mapping}", 'data.splits={"train": "x"}', *mc])
+
+
+def test_one_source_whichever_constructor_draws_the_same_splits_and_items():
+    """Issue 30: one data source with two constructors. Financial PhraseBank read as a user's file, with templates
+    that spell the bundled prompt, is the bundled set: the same test side, the same drawn splits (seeded, by
+    uid), the same prompts, choices and gold, the same metric."""
+    from trimllm.formats import DataSource
+
+    text = ("Sentence: {{sentence}}\nQuestion: Is the sentiment of this financial news sentence negative, neutral "
+            "or positive?\nAnswer:")
+    own = DataSource.own(DataConfig(
+        source="${TRIMLLM_DATA_DIR}/financial_phrasebank/train.jsonl", format="multiple_choice", test_fraction=0.2,
+        doc_to_text=text, doc_to_choice='{{["negative", "neutral", "positive"]}}',
+        doc_to_target='{{["negative", "neutral", "positive"].index(label)}}'))
+    bundled = DataSource.bundled("financial_phrasebank")
+    assert [r["_uid"] for r in own.test] == [r["_uid"] for r in bundled.test] and own.metric == bundled.metric == "acc"
+    mine, shipped = own.splits(12, 6, seed=3, n_train=20), bundled.splits(12, 6, seed=3, n_train=20)
+    for part in ("train", "validation", "calibration"):
+        assert [r["_uid"] for r in mine[part]] == [r["_uid"] for r in shipped[part]]
+        assert ([(i.context, i.choices, i.gold) for i in own.items(mine[part])]
+                == [(i.context, i.choices, i.gold) for i in bundled.items(shipped[part])])
