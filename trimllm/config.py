@@ -216,6 +216,7 @@ RUN_OPTIONS = frozenset({
     "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
     "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
     "distill.cache_dir",  # where the teacher's cached logits are kept (a cache is keyed by what it holds)
+    "eval.batch_size",  # lm-eval's batching of the final evaluation (the same documents, the same metric)
 })
 
 

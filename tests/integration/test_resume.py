@@ -181,7 +181,8 @@ def test_a_killed_run_resumes_after_its_run_options_changed(tiny_dir, tmp_path):
     reference = run_tiny(tiny_dir, tmp_path / "ref", *RESUME_RUN)
     out = tmp_path / "killed"
     overrides = kill_run(tiny_dir, out, "1:2", [])
-    changed = [*overrides, "train.logging_steps=1", "train.report_to=tensorboard", "export.stages=final"]
+    changed = [*overrides, "train.logging_steps=1", "train.report_to=tensorboard", "export.stages=final",
+               "eval.batch_size=3"]
     with pytest.raises(FileExistsError, match=r"different recipe \(train\.lr: 0\.0003 -> 0\.001\)"):
         run(load_recipe(ROOT / "recipes" / "smoke.yaml", [*changed, "train.lr=1e-3"]))
     resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", changed))
