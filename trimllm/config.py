@@ -10,11 +10,17 @@ items into training or calibration, missing data files), all before any model is
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import yaml
 
 from trimllm.errors import RecipeError  # noqa: F401  (re-exported: ``from trimllm.config import RecipeError``)
+
+
+def _failed(checks: list[tuple[bool, str]]) -> list[str]:
+    """The messages of the checks that failed (a section's ``problems()``: its values, checked with it)."""
+    return [message for ok, message in checks if not ok]
 
 
 @dataclass
@@ -145,14 +151,25 @@ class BridgeConfig:
     ridge: float = 0.01  # pull toward identity (plain removal), relative to the activations' scale; > 0
     n_tokens: int | None = None  # calibration tokens to fit on; null = every token of the calibration texts
 
+    def problems(self) -> list[str]:
+        return _failed([
+            (self.n_tokens is None or self.n_tokens >= 1,
+             f"bridge.n_tokens = {self.n_tokens} must be >= 1 (null for every calibration token)"),
+            (math.isfinite(self.ridge) and self.ridge > 0,
+             f"bridge.ridge = {self.ridge} must be > 0 (the pull toward plain removal, e.g. 0.01)")])
+
 
 @dataclass
 class PLDConfig:
     """Progressive Layer Dropping during training (Zhang & He 2020); see trimllm.pld. ``pld: null`` (the default)
     trains every block in every step; ``pld: {}`` drops with the settings below."""
 
-    theta_bar: float = 0.5  # the keep ratio theta(t) decays to
-    gamma: float = 0.001  # decay rate per optimizer step (counted over the whole run)
+    theta_bar: float = 0.5  # the keep ratio theta(t) decays to; in (0, 1]
+    gamma: float = 0.001  # decay rate per optimizer step (counted over the whole run); >= 0
+
+    def problems(self) -> list[str]:
+        return _failed([(0 < self.theta_bar <= 1 and self.gamma >= 0,
+                         f"pld.theta_bar = {self.theta_bar} must be in (0, 1] and pld.gamma = {self.gamma} >= 0")])
 
 
 @dataclass
@@ -168,6 +185,22 @@ class DistillConfig:
     teacher_dtype: str = "auto"  # auto (the model's dtype), float32, bfloat16, float16: the teacher's forward only
     cache_k: int = 0  # 0: the teacher runs in every step; k > 0: its top-k log-probs, cached once (trimllm.logit_cache)
     cache_dir: str | None = None  # where the cache lives; null = output_dir/teacher_logits (share one across runs)
+
+    def problems(self) -> list[str]:
+        return _failed([
+            (0 <= self.alpha <= 1, f"distill.alpha = {self.alpha} must be in [0, 1] (the weight of the CE loss)"),
+            (self.temperature > 0, f"distill.temperature = {self.temperature} must be > 0"),
+            (self.tokens in ("answer", "all") or (isinstance(self.tokens, int) and self.tokens > 0),
+             f"distill.tokens = {self.tokens!r} must be answer, all, or a number N > 0 (the answer tokens and N "
+             "other positions per row, drawn at random each step)"),
+            (self.hidden_weight >= 0, f"distill.hidden_weight = {self.hidden_weight} must be >= 0"),
+            (self.teacher_dtype in ("auto", "float32", "bfloat16", "float16"),
+             f"distill.teacher_dtype = {self.teacher_dtype!r} must be auto, float32, bfloat16 or float16"),
+            (self.cache_k >= 0, f"distill.cache_k = {self.cache_k} must be >= 0 (0: no cache, the teacher runs live)"),
+            (not self.cache_k or (self.temperature == 1 and not self.hidden_weight),
+             f"distill.cache_k = {self.cache_k} caches the teacher's probabilities at temperature 1 and no hidden "
+             f"states, but distill.temperature = {self.temperature} and distill.hidden_weight = {self.hidden_weight}: "
+             "set distill.cache_k=0 to run the teacher live, or temperature=1 and hidden_weight=0")])
 
 
 @dataclass

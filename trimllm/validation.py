@@ -79,10 +79,8 @@ def _range_problems(recipe: Recipe) -> list[str]:
     """Numbers in their ranges, and at least one stop rule for the schedules that need one."""
     from trimllm.distributed import world_size
 
-    processes, floor, pld = world_size(), recipe.stop.accuracy_floor, recipe.pld
+    processes, floor = world_size(), recipe.stop.accuracy_floor
     checks = [
-        (pld is None or (0 < pld.theta_bar <= 1 and pld.gamma >= 0),
-         f"pld.theta_bar = {pld and pld.theta_bar} must be in (0, 1] and pld.gamma = {pld and pld.gamma} >= 0"),
         (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
         (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
         (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
@@ -129,12 +127,10 @@ def _size_problems(recipe: Recipe) -> list[str]:
                     ("scoring.batch_size", s.batch_size, ""),
                     ("stop.max_modules", recipe.stop.max_modules, "null for no limit"),
                     ("eval.batch_size", e.batch_size, "")]
-    if recipe.bridge is not None:
-        at_least_one.append(("bridge.n_tokens", recipe.bridge.n_tokens, "null for every calibration token"))
     problems = [f"{key} = {value} must be >= 1" + (f" ({hint})" if hint else "")
                 for key, value, hint in at_least_one if value is not None and value < 1]
-    if recipe.bridge is not None and not (math.isfinite(recipe.bridge.ridge) and recipe.bridge.ridge > 0):
-        problems.append(f"bridge.ridge = {recipe.bridge.ridge} must be > 0 (the pull toward plain removal, e.g. 0.01)")
+    problems += [p for section in (recipe.bridge, recipe.pld, recipe.distill) if section is not None
+                 for p in section.problems()]  # an optional section that is on checks its own values
     checks = [
         (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
         (p.lr is None or (math.isfinite(p.lr) and p.lr > 0),
@@ -218,31 +214,16 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _distill_problems(recipe: Recipe) -> list[str]:
-    """The distillation settings, and a teacher the schedule can provide."""
+    """A distillation teacher the schedule can provide (a check across sections)."""
     from trimllm.schedules import SCHEDULES, schedule_facts
 
     cfg, name = recipe.distill, recipe.schedule.name
     if name not in SCHEDULES or cfg is None:
         return []  # an unknown schedule is named in _name_problems
-    checks = [
-        (0 <= cfg.alpha <= 1, f"distill.alpha = {cfg.alpha} must be in [0, 1] (the weight of the CE loss)"),
-        (cfg.temperature > 0, f"distill.temperature = {cfg.temperature} must be > 0"),
-        (cfg.tokens in ("answer", "all") or (isinstance(cfg.tokens, int) and cfg.tokens > 0),
-         f"distill.tokens = {cfg.tokens!r} must be answer, all, or a number N > 0 (the answer tokens and N other "
-         "positions per row, drawn at random each step)"),
-        (cfg.hidden_weight >= 0, f"distill.hidden_weight = {cfg.hidden_weight} must be >= 0"),
-        (cfg.teacher_dtype in ("auto", "float32", "bfloat16", "float16"),
-         f"distill.teacher_dtype = {cfg.teacher_dtype!r} must be auto, float32, bfloat16 or float16"),
-        (cfg.teacher != "stage0" or schedule_facts(name).full_depth_stage0,
-         f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {name!r} does not "
-         "train; set distill.teacher to a model path or spec (e.g. another run's final/) or base"),
-        (cfg.cache_k >= 0, f"distill.cache_k = {cfg.cache_k} must be >= 0 (0: no cache, the teacher runs live)"),
-        (not cfg.cache_k or (cfg.temperature == 1 and not cfg.hidden_weight),
-         f"distill.cache_k = {cfg.cache_k} caches the teacher's probabilities at temperature 1 and no hidden states, "
-         f"but distill.temperature = {cfg.temperature} and distill.hidden_weight = {cfg.hidden_weight}: set "
-         "distill.cache_k=0 to run the teacher live, or temperature=1 and hidden_weight=0"),
-    ]
-    return [message for ok, message in checks if not ok]
+    if cfg.teacher != "stage0" or schedule_facts(name).full_depth_stage0:
+        return []  # the section's own values are checked with the section (config.DistillConfig.problems)
+    return [f"distill.teacher = stage0 needs a full-depth stage 0, which schedule {name!r} does not train; set "
+            "distill.teacher to a model path or spec (e.g. another run's final/) or base"]
 
 
 def _data_problems(recipe: Recipe) -> list[str]:
