@@ -14,8 +14,8 @@ first step, so the figure is PLD's steady state (with the paper's gamma = 0.001 
 
 Length grouping (``--part length_grouping``): for each ``--grouping-tasks`` entry (data set : train-side examples :
 batch), the same examples and the same number of optimizer steps (``--grouping-steps``) with the Trainer's random
-batches and with trimllm's length-grouped batches (the only difference: ``train.group_by_length``), alternating;
-then both models' validation accuracy on the same train-side items, with a paired exact McNemar test. The padded
+batches and with trimllm's length-grouped batches (the only difference: ``train.group_by_length``), in
+``--grouping-pairs`` alternating pairs (speed from all, with its spread); then the first pair's validation accuracy on the same train-side items, with a paired exact McNemar test. The padded
 share is that of the batches the run computed (the Trainer's own counts).
 
 Saves benchmarks/train.json (top-level pld_time_per_sample_ratio; "length_grouping") and sections of BENCHMARKS.md.
@@ -130,6 +130,8 @@ def main() -> None:
     options.add_argument("--grouping-tasks", default="sciq:1000:8,financial_phrasebank:1500:16",
                         help="data set:train-side examples:batch, one side-by-side comparison each")
     options.add_argument("--grouping-steps", type=int, default=24, help="optimizer steps of each run")
+    options.add_argument("--grouping-pairs", type=int, default=3,
+                         help="length grouping: alternating random / grouped pairs (speed from all, accuracy from the first)")
     options.add_argument("--n-validation", type=int, default=200, help="train-side validation items (grouping)")
     args = options.parse_args()
     args.section = args.section or SECTIONS[args.part]
@@ -217,33 +219,27 @@ def throughput(args) -> None:
 
 
 def length_grouping(args) -> None:
-    """Random vs length-grouped batches side by side: same model, examples and steps; alternating runs."""
+    """Random vs length-grouped batches side by side: same model, examples and steps; ``--grouping-pairs``
+    alternating pairs (each pair's seed its own), speed from every pair, accuracy from the first."""
     model, tokenizer = load_model(args.model, device=args.device)
-    entries = {}
+    entries, noise = {}, TimingNoise().start()
     for spec in args.grouping_tasks.split(","):
         task, n_train, batch = spec.split(":")
         splits = train_side_splits(task, args.n_validation, 0, 0, int(n_train))
         examples = sft_examples(tokenizer, [mc_item(task, r) for r in splits["train"]], 512)
         validation = [mc_item(task, r) for r in splits["validation"]]
-        runs = {}
-        for grouped in (False, True):
-            recipe = Recipe()
-            recipe.train.batch_size, recipe.train.steps_per_stage = int(batch), args.grouping_steps
-            recipe.train.save_steps, recipe.train.logging_steps = 0, 10_000
-            recipe.train.group_by_length = grouped
-            trained, step_seconds, stats = timed_stage(model, tokenizer, examples, recipe)
-            runs[grouped] = {"stats": stats, "s_per_step": statistics.mean(step_seconds[args.warmup:]),
-                             "tokens_per_s": stats.tokens_real / sum(step_seconds),
-                             "correct": mc_correct(trained, tokenizer, validation, 8, 512)}
-            print(task, "grouped" if grouped else "random", stats, flush=True)
-            del trained
-        entries[task] = grouping_entry(runs[False], runs[True], len(examples), int(batch), args.grouping_steps)
+        pairs = [grouping_pair(model, tokenizer, examples, validation if pair == 0 else None, int(batch), pair, args)
+                 for pair in range(args.grouping_pairs)]
+        entries[task] = grouping_entry(pairs, len(examples), int(batch), args.grouping_steps)
         print(task, entries[task], flush=True)
     figures = json.loads(args.out.read_text()) if args.out.is_file() else {}
     figures["length_grouping"] = entries
+    figures["length_grouping_noise"] = noise.verdict(
+        {f"{task} {arm} tokens/s": e[f"real_tokens_per_s_{arm}_rounds"] for task, e in entries.items()
+         for arm in ("random", "grouped")})
     figures["length_grouping_setup"] = {
         "model": args.model, "steps": args.grouping_steps, "warmup": args.warmup, "n_validation": args.n_validation,
-        "lora": "r=8, all-linear", "max_length": 512, **environment(model),
+        "pairs": args.grouping_pairs, "lora": "r=8, all-linear", "max_length": 512, **environment(model),
         "command": command_line("bench_train.py", args, skip=("out", "section", "removed", "repeats", "theta_bar",
                                                                  "pld_gamma", "n_train", "data", "batch_size", "steps",
                                                                  "max_length")),
@@ -254,26 +250,52 @@ def length_grouping(args) -> None:
     write_section(ROOT / "BENCHMARKS.md", args.section, body)
 
 
-def grouping_entry(random_run: dict, grouped_run: dict, examples: int, batch: int, steps: int) -> dict:
+def grouping_pair(model, tokenizer, examples, validation, batch: int, seed: int, args) -> dict:
+    """One random and one grouped run (seed ``seed``, same steps); validation outcomes when ``validation`` is given."""
+    runs = {}
+    for grouped in (False, True):
+        recipe = Recipe()
+        recipe.train.batch_size, recipe.train.steps_per_stage, recipe.train.seed = batch, args.grouping_steps, seed
+        recipe.train.save_steps, recipe.train.logging_steps = 0, 10_000
+        recipe.train.group_by_length = grouped
+        trained, step_seconds, stats = timed_stage(model, tokenizer, examples, recipe)
+        runs[grouped] = {"stats": stats, "s_per_step": statistics.mean(step_seconds[args.warmup:]),
+                         "tokens_per_s": stats.tokens_real / sum(step_seconds),
+                         "correct": mc_correct(trained, tokenizer, validation, 8, 512) if validation else None}
+        print("grouped" if grouped else "random", seed, stats, flush=True)
+        del trained
+    return {"random": runs[False], "grouped": runs[True]}
+
+
+def grouping_entry(pairs: list[dict], examples: int, batch: int, steps: int) -> dict:
+    """Speed: the median (and range) over the pairs, the ratio within each pair; padding and accuracy: the first pair."""
+    first = pairs[0]
+
     def share(run):
         return 1 - run["stats"].tokens_real / run["stats"].tokens_padded
 
-    n = len(grouped_run["correct"])
-    acc = {name: sum(run["correct"]) / n for name, run in (("random", random_run), ("grouped", grouped_run))}
-    return {
-        "examples": examples, "batch_size": batch, "steps": steps,
-        "padded_share_random": round(share(random_run), 4), "padded_share_grouped": round(share(grouped_run), 4),
-        "real_tokens_per_s_random": round(random_run["tokens_per_s"], 1),
-        "real_tokens_per_s_grouped": round(grouped_run["tokens_per_s"], 1),
-        "real_tokens_per_s_ratio": round(grouped_run["tokens_per_s"] / random_run["tokens_per_s"], 3),
-        "s_per_step_random": round(random_run["s_per_step"], 3), "s_per_step_grouped": round(grouped_run["s_per_step"], 3),
-        "tokens_real": {"random": random_run["stats"].tokens_real, "grouped": grouped_run["stats"].tokens_real},
+    def rounds(arm: str, key: str) -> list[float]:
+        return [pair[arm][key] for pair in pairs]
+
+    n = len(first["grouped"]["correct"])
+    acc = {arm: sum(first[arm]["correct"]) / n for arm in ("random", "grouped")}
+    entry = {"examples": examples, "batch_size": batch, "steps": steps, "pairs": len(pairs),
+             "padded_share_random": round(share(first["random"]), 4),
+             "padded_share_grouped": round(share(first["grouped"]), 4)}
+    for arm in ("random", "grouped"):
+        entry.update(seconds_columns(f"real_tokens_per_s_{arm}", rounds(arm, "tokens_per_s"), 1))
+        entry.update(seconds_columns(f"s_per_step_{arm}", rounds(arm, "s_per_step"), 3))
+        entry[f"real_tokens_per_s_{arm}_rounds"] = [round(v, 2) for v in rounds(arm, "tokens_per_s")]
+    entry.update(ratio_columns("real_tokens_per_s_ratio", round_ratios(rounds("grouped", "tokens_per_s"),
+                                                                       rounds("random", "tokens_per_s"))))
+    entry.update({
+        "tokens_real": {arm: first[arm]["stats"].tokens_real for arm in ("random", "grouped")},
         "val_acc_random": round(acc["random"], 4), "val_acc_grouped": round(acc["grouped"], 4),
         "val_acc_stderr_random": round(math.sqrt(acc["random"] * (1 - acc["random"]) / (n - 1)), 4),
         "val_acc_stderr_grouped": round(math.sqrt(acc["grouped"] * (1 - acc["grouped"]) / (n - 1)), 4),
         "n_validation": n,
-        "mcnemar_p": round(mcnemar_exact(random_run["correct"], grouped_run["correct"]), 4),
-    }
+        "mcnemar_p": round(mcnemar_exact(first["random"]["correct"], first["grouped"]["correct"]), 4)})
+    return entry
 
 
 def grouping_markdown(f: dict) -> str:
@@ -287,7 +309,10 @@ def grouping_markdown(f: dict) -> str:
         "(`train.group_by_length`, the default), alternating. Padded share = padding positions / positions computed, "
         "counted by the Trainer over the run; real tokens/s = non-padding tokens / training time; s / step = mean "
         f"after {s['warmup']} warm-up steps. Validation accuracy on {s['n_validation']} train-side items "
-        "(lm-eval's rule), ± its standard error; p = exact McNemar test on the same items.",
+        "(lm-eval's rule), ± its standard error; p = exact McNemar test on the same items."
+        + (f" Speed: median (min–max) over {s['pairs']} alternating pairs, the ratio within each pair; padding and "
+           "accuracy: the first pair. " + timing_line(f["length_grouping_noise"]) if "pairs" in s else
+           " One alternating pair per task (no spread)."),
         "",
         "| task | examples | batch | padded share random | padded share grouped | real tokens/s random | "
         "real tokens/s grouped | ratio | s / step random | s / step grouped | val acc random | val acc grouped | p |",
@@ -298,8 +323,9 @@ def grouping_markdown(f: dict) -> str:
     for task, e in f["length_grouping"].items():
         lines.append(
             f"| {task} | {e['examples']} | {e['batch_size']} | {e['padded_share_random']:.1%} | "
-            f"{e['padded_share_grouped']:.1%} | {e['real_tokens_per_s_random']} | {e['real_tokens_per_s_grouped']} | "
-            f"**{e['real_tokens_per_s_ratio']}x** | {e['s_per_step_random']} | {e['s_per_step_grouped']} | "
+            f"{e['padded_share_grouped']:.1%} | {with_range(e, 'real_tokens_per_s_random')} | "
+            f"{with_range(e, 'real_tokens_per_s_grouped')} | **{with_range(e, 'real_tokens_per_s_ratio', 3, 'x')}** | "
+            f"{with_range(e, 's_per_step_random', 3)} | {with_range(e, 's_per_step_grouped', 3)} | "
             f"{e['val_acc_random']:.3f} ± {e['val_acc_stderr_random']:.3f} | "
             f"{e['val_acc_grouped']:.3f} ± {e['val_acc_stderr_grouped']:.3f} | {e['mcnemar_p']} |")
         within = abs(e["val_acc_grouped"] - e["val_acc_random"]) <= 2 * e["val_acc_stderr_random"]
