@@ -209,7 +209,7 @@ def target_lines(records: list[dict]) -> list[str]:
                 and r["arm"] not in ("full", "full-matched")]
         full = next((r for r in records if r["task"] == task and r["arm"] == "full"), None)
         if not cell or full is None:
-            lines.append(f"- {task} at {fraction:.0%}: within {-margin * 100:.0f} points of full depth: not run yet.")
+            lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): not run yet.")
             continue
         best = max(cell, key=lambda r: r["acc"])
         matched = next((r for r in records if r["task"] == task and r["arm"] == "full-matched"
@@ -254,7 +254,10 @@ def markdown(figures: dict, out: Path) -> str:
     plot(records, png)
     lines = [f"Command: `{s['command']}` ({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
              f"{s['minutes']} min in all, resumed runs summed). Figures in `{s['figures']}`; the arms are described in "
-             "`scripts/study_v3.py`.", "", "Targets (issue 31, SmolLM2-135M):", "", *target_lines(records), "",
+             "`scripts/study_v3.py`.", "",
+             f"**Status: {len(records)} runs so far ({', '.join(sorted({r['task'] for r in records}))}); the study "
+             "runs for hours in the background and resumes record by record, so the targets below read what has run.**",
+             "", "Targets (issue 31, SmolLM2-135M):", "", *target_lines(records), "",
              f"![accuracy against training compute]({shown_path(png, ROOT)})", "",
              "Compute: training FLOPs by the 6ND rule (LoRA 4ND), every stage the arm needs, `full`'s training "
              "included for the arms that start from its model, the teacher-logit cache's build for the -kd arm. Domain "
