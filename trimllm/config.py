@@ -54,6 +54,13 @@ class DataConfig:
     max_length: int = 512  # tokens per example; contexts are cut on the left
     seed: int = 0  # seed of the train-side draw
 
+    def problems(self) -> list[str]:
+        return _failed([
+            (self.n_validation >= 1 and self.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
+            (self.n_train is None or self.n_train >= 1,
+             f"data.n_train = {self.n_train} must be >= 1 (null for all the rest of the train side)"),
+            (self.max_length >= 1, f"data.max_length = {self.max_length} must be >= 1")])
+
 
 @dataclass
 class ScoringConfig:
@@ -64,6 +71,9 @@ class ScoringConfig:
     # refused when it does not take them: task_accuracy {proxy_k: 8, proxy: block_influence, proxy_fraction: 0.25}
     # (scan exactly only the k candidates the proxy ranks lowest), angular {n: 2} (run length).
     options: dict = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        return _failed([(self.batch_size >= 1, f"scoring.batch_size = {self.batch_size} must be >= 1")])
 
 
 @dataclass
@@ -81,11 +91,25 @@ class StopConfig:
     max_modules: int | None = None  # ... or after this many modules in total
     accuracy_floor: float | None = None  # keep stages whose val acc >= floor x stage-0 acc; stop below it
 
+    def problems(self) -> list[str]:
+        floor = self.accuracy_floor
+        shares = [(value is None or 0 < value < 1, f"stop.{name} = {value} must be in (0, 1): a share of the model "
+                   "to remove") for name, value in (("target_fraction", self.target_fraction),
+                                                    ("target_params_fraction", self.target_params_fraction))]
+        return _failed([
+            (floor is None or 0 < floor <= 1,
+             f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"), *shares,
+            (self.max_modules is None or self.max_modules >= 1,
+             f"stop.max_modules = {self.max_modules} must be >= 1 (null for no limit)")])
+
 
 @dataclass
 class FreezeConfig:
     mode: str = "none"  # none, static (TrimLLM), progtuning, contribution, bottom (partial-layer fine-tuning)
     fraction: float = 0.0  # share of the remaining blocks to freeze
+
+    def problems(self) -> list[str]:
+        return _failed([(0 <= self.fraction < 1, f"freeze.fraction = {self.fraction} must be in [0, 1)")])
 
 
 @dataclass
@@ -95,6 +119,11 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
+
+    def problems(self) -> list[str]:
+        return _failed([(self.r >= 1, f"lora.r = {self.r} must be >= 1"),
+                        (self.alpha > 0, f"lora.alpha = {self.alpha} must be > 0"),
+                        (0 <= self.dropout < 1, f"lora.dropout = {self.dropout} must be in [0, 1)")])
 
 
 @dataclass
@@ -128,6 +157,22 @@ class TrainConfig:
     report_to: str | list[str] = "none"
     seed: int = 0
 
+    def problems(self) -> list[str]:
+        return _failed([
+            (self.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
+            (self.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
+            (self.final_stage_steps is None or self.final_stage_steps >= 1,
+             "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
+            (self.stage0_steps is None or self.stage0_steps >= 0,
+             "train.stage0_steps must be >= 0 (0 = stage 0 does not train), or null for steps_per_stage"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (math.isfinite(self.lr), f"train.lr = {self.lr} must be a finite number, e.g. 2e-4"),
+            *[(value >= 1, f"train.{name} = {value} must be >= 1") for name, value in (
+                ("batch_size", self.batch_size), ("grad_accum", self.grad_accum), ("logging_steps", self.logging_steps))],
+            (0 <= self.warmup_ratio < 1, f"train.warmup_ratio = {self.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"train.weight_decay = {self.weight_decay} must be >= 0")])
+
 
 @dataclass
 class PrunedConfig:
@@ -140,6 +185,13 @@ class PrunedConfig:
     alpha: int | None = None  # lora.alpha of a pruned model
     lr: float | None = None  # train.lr of a pruned model
     method: str | None = None  # lora.method of a pruned model (full: every weight trains; give it a smaller lr)
+
+    def problems(self) -> list[str]:
+        return _failed([
+            (self.r is None or self.r >= 1, f"pruned.r = {self.r} must be >= 1 (null for lora.r)"),
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0),
+             f"pruned.lr = {self.lr} must be a positive number (null for train.lr)"),
+            (self.alpha is None or self.alpha > 0, f"pruned.alpha = {self.alpha} must be > 0 (null for lora.alpha)")])
 
 
 @dataclass
@@ -217,6 +269,11 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)  # lm-eval tasks / groups run on the final model ([] = none)
     limit: int | None = None
     batch_size: int = 8
+
+    def problems(self) -> list[str]:
+        return _failed([
+            (self.batch_size >= 1, f"eval.batch_size = {self.batch_size} must be >= 1"),
+            (self.limit is None or self.limit > 0, f"eval.limit = {self.limit} must be > 0 (documents per task), or null for all")])
 
 
 @dataclass

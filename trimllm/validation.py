@@ -5,7 +5,7 @@ as messages that say what was given, what was expected and how to fix it.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from pathlib import Path
 
 from trimllm.config import Recipe
@@ -53,7 +53,7 @@ def source_mapping(cfg) -> list[str]:
 
 def semantic_problems(recipe: Recipe) -> list[str]:
     """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
-    return (_name_problems(recipe) + _range_problems(recipe) + _size_problems(recipe) + _choice_problems(recipe)
+    return (_name_problems(recipe) + _range_problems(recipe) + _choice_problems(recipe)
             + _data_problems(recipe))
 
 
@@ -76,27 +76,18 @@ def _name_problems(recipe: Recipe) -> list[str]:
 
 
 def _range_problems(recipe: Recipe) -> list[str]:
-    """Numbers in their ranges, and at least one stop rule for the schedules that need one."""
+    """Each section's own values (its ``problems()``, next to its fields; an optional section only when it is on),
+    then what spans sections or the launch: the global batch over the processes, a stop rule for the schedule, a
+    teacher the schedule trains."""
     from trimllm.distributed import world_size
 
-    processes, floor = world_size(), recipe.stop.accuracy_floor
-    checks = [
-        (recipe.train.save_steps >= 0, "train.save_steps must be >= 0 (0 = no checkpoints inside a stage)"),
-        (0 <= recipe.freeze.fraction < 1, f"freeze.fraction = {recipe.freeze.fraction} must be in [0, 1)"),
-        (recipe.train.steps_per_stage >= 1, "train.steps_per_stage must be >= 1"),
-        (recipe.train.final_stage_steps is None or recipe.train.final_stage_steps >= 1,
-         "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
-        (recipe.train.stage0_steps is None or recipe.train.stage0_steps >= 0,
-         "train.stage0_steps must be >= 0 (0 = stage 0 does not train), or null for steps_per_stage"),
-        (recipe.train.lr > 0, "train.lr must be > 0"),
-        (recipe.data.n_validation >= 1 and recipe.data.n_calibration >= 1, "data.n_validation and data.n_calibration must be >= 1"),
-        (recipe.train.batch_size % processes == 0, f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by the {processes} processes of this launch"),
-        (floor is None or 0 < floor <= 1, f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"),
-    ]
-    for name in ("target_fraction", "target_params_fraction"):
-        value = getattr(recipe.stop, name)
-        checks.append((value is None or 0 < value < 1, f"stop.{name} = {value} must be in (0, 1): a share of the model to remove"))
-    return [message for ok, message in checks if not ok] + _stop_problems(recipe) + _distill_problems(recipe)
+    sections = [getattr(recipe, f.name) for f in dataclasses.fields(recipe)]
+    problems = [p for section in sections if hasattr(section, "problems") for p in section.problems()]
+    processes = world_size()
+    if recipe.train.batch_size % processes:
+        problems.append(f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by "
+                        f"the {processes} processes of this launch")
+    return problems + _stop_problems(recipe) + _distill_problems(recipe)
 
 
 def _stop_problems(recipe: Recipe) -> list[str]:
@@ -115,34 +106,6 @@ def _stop_problems(recipe: Recipe) -> list[str]:
     if facts.needs_target_fraction and cfg.target_fraction is None:
         problems.append(f"schedule {recipe.schedule.name} needs stop.target_fraction")
     return problems
-
-
-def _size_problems(recipe: Recipe) -> list[str]:
-    """Counts and rates that cannot work. A size of 0 or below is refused, never read as "all" (null means all)."""
-    d, t, lora, s, e, p = recipe.data, recipe.train, recipe.lora, recipe.scoring, recipe.eval, recipe.pruned
-    at_least_one = [("data.n_train", d.n_train, "null for all the rest of the train side"),
-                    ("data.max_length", d.max_length, ""), ("train.batch_size", t.batch_size, ""),
-                    ("train.grad_accum", t.grad_accum, ""), ("train.logging_steps", t.logging_steps, ""),
-                    ("lora.r", lora.r, ""), ("pruned.r", p.r, "null for lora.r"),
-                    ("scoring.batch_size", s.batch_size, ""),
-                    ("stop.max_modules", recipe.stop.max_modules, "null for no limit"),
-                    ("eval.batch_size", e.batch_size, "")]
-    problems = [f"{key} = {value} must be >= 1" + (f" ({hint})" if hint else "")
-                for key, value, hint in at_least_one if value is not None and value < 1]
-    problems += [p for section in (recipe.bridge, recipe.pld, recipe.distill) if section is not None
-                 for p in section.problems()]  # an optional section that is on checks its own values
-    checks = [
-        (math.isfinite(t.lr), f"train.lr = {t.lr} must be a finite number, e.g. 2e-4"),
-        (p.lr is None or (math.isfinite(p.lr) and p.lr > 0),
-         f"pruned.lr = {p.lr} must be a positive number (null for train.lr)"),
-        (0 <= t.warmup_ratio < 1, f"train.warmup_ratio = {t.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
-        (math.isfinite(t.weight_decay) and t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay} must be >= 0"),
-        (lora.alpha > 0, f"lora.alpha = {lora.alpha} must be > 0"),
-        (p.alpha is None or p.alpha > 0, f"pruned.alpha = {p.alpha} must be > 0 (null for lora.alpha)"),
-        (0 <= lora.dropout < 1, f"lora.dropout = {lora.dropout} must be in [0, 1)"),
-        (e.limit is None or e.limit > 0, f"eval.limit = {e.limit} must be > 0 (documents per task), or null for all"),
-    ]
-    return problems + [message for ok, message in checks if not ok]
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
