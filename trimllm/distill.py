@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from trimllm.architectures import get_layers, unwrap
 from trimllm.layout import RunDir
+from trimllm.sft import next_token_labels
 from trimllm.surgery import get_plan
 
 
@@ -139,8 +140,7 @@ def next_labels(inputs: dict, positions: int) -> torch.Tensor:
     """``[batch, positions]``: the label each kept column predicts (-100: none), as the model's loss pairs them."""
     if "shift_labels" in inputs:
         return inputs["shift_labels"]
-    labels = inputs["labels"][:, -positions:]
-    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+    return next_token_labels(inputs["labels"][:, -positions:])
 
 
 def teacher_source(teacher: str, stage: int, out, base: str):

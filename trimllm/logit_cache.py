@@ -74,16 +74,14 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 @torch.no_grad()
 def _teacher_rows(teacher, batch: list[list[int]], k: int, pad_id: int):
     """Top-k ids, their log-probabilities and the tail's log-mass at every position but the last of each example."""
+    from trimllm.sft import SFTCollator
+
     device = next(teacher.parameters()).device
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(batch):  # left padding, positions from the first real token (as the SFT collator)
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        mask[row, width - len(ids):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = teacher(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                     position_ids=positions.to(device), use_cache=False).logits.float()
+    # the batch exactly as training pads it: left padding, positions from the first real token
+    padded = SFTCollator(pad_id, all_positions=True)([{"input_ids": ids, "labels": ids} for ids in batch])
+    width = padded["input_ids"].shape[1]
+    inputs = {k: padded[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    logits = teacher(**inputs, use_cache=False).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     top, ids = logp.topk(k, dim=-1)
     tail = log1mexp(torch.logsumexp(top, dim=-1))

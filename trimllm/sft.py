@@ -126,9 +126,13 @@ class SFTCollator:
         n = min(self.sampled, max(len(p) for p in prompt))
         drawn = [p[torch.randperm(len(p))[:n]].sort().values for p in prompt]
         columns = torch.stack([torch.cat([torch.full((n - len(d),), width - 1), d, window]) for d in drawn])
-        next_label = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-        shift = next_label.gather(1, columns)
+        shift = next_token_labels(labels).gather(1, columns)
         return {"labels": shift, "shift_labels": shift, "logits_to_keep": columns}
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The label each column predicts (the next column's; -100 for the last), as a causal LM's loss pairs them."""
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
 
 
 def pad_id(tokenizer) -> int:

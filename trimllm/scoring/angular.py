@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from trimllm.scoring import SCORERS
 from trimllm.scoring.calibration import build_lm_batches
-from trimllm.scoring.candidates import parse
+from trimllm.scoring.candidates import parse, run_length_problems
 from trimllm.scoring.residuals import branch_states, residual_streams
 from trimllm.surgery import get_plan
 
@@ -22,13 +22,7 @@ def _angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.arccos(F.cosine_similarity(a.float(), b.float(), dim=-1).clamp(-1, 1)) / math.pi
 
 
-def _checks(options: dict) -> list[str]:
-    n = options["n"]
-    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
-    return [] if ok else [f"n = {n!r} must be an integer >= 1 (the run length of blocks)"]
-
-
-@SCORERS.register(checks=_checks)
+@SCORERS.register(checks=run_length_problems)
 def angular(model, tokenizer, calibration, candidates, n: int = 1, batch_size: int = 8, max_length: int = 1024):
     plan = get_plan(model)
     last_pos = len(plan.kept) - 1

@@ -21,6 +21,13 @@ def parse(candidate: str) -> tuple[str, int]:
     return kind, int(index)
 
 
+def run_length_problems(options: dict) -> list[str]:
+    """The checks of a run-length option ``n`` (a scorer that scores runs of n blocks: angular, teacher_kl)."""
+    n = options["n"]
+    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    return [] if ok else [f"n = {n!r} must be an integer >= 1 (the run length of blocks)"]
+
+
 def list_candidates(model: nn.Module, granularity: str = "block") -> list[str]:
     """Every removable unit still present: whole blocks, or the attention and MLP halves not yet bypassed."""
     if granularity not in GRANULARITIES:

@@ -65,9 +65,9 @@ def capture_calls(model: nn.Module, **inputs) -> tuple[list[LayerCall], torch.Te
 
 
 @torch.no_grad()
-def hidden_without(model: nn.Module, calls: list[LayerCall], candidate: str) -> torch.Tensor:
-    """Final hidden states (before the final norm) of the model with ``candidate`` skipped, re-running only
-    the blocks from the candidate on."""
+def hidden_without(model: nn.Module, calls: list[LayerCall], candidate: str, n: int = 1) -> torch.Tensor:
+    """Final hidden states (before the final norm) of the model with ``candidate`` skipped (a block candidate: the
+    run of ``n`` blocks from it, cut at the last block), re-running only the blocks after it."""
     model = unwrap(model)
     layers = get_layers(model)
     kind, index = parse(candidate)
@@ -76,7 +76,7 @@ def hidden_without(model: nn.Module, calls: list[LayerCall], candidate: str) -> 
     if kind != "block":
         with skipping(model, candidate):
             hidden = calls[start].call(layers[start], hidden)
-    for position in range(start + 1, len(layers)):
+    for position in range(start + (n if kind == "block" else 1), len(layers)):
         hidden = calls[position].call(layers[position], hidden)
     return hidden
 

@@ -16,28 +16,11 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from trimllm.architectures import final_norm, get_layers, lm_logits
+from trimllm.architectures import final_norm, lm_logits
 from trimllm.scoring import SCORERS
 from trimllm.scoring.calibration import build_lm_batches
-from trimllm.scoring.candidates import parse
-from trimllm.scoring.forward import LayerCall, capture_calls, hidden_without, shifted_targets
-from trimllm.surgery import get_plan, unwrap
-
-
-def _checks(options: dict) -> list[str]:
-    n = options["n"]
-    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
-    return [] if ok else [f"n = {n!r} must be an integer >= 1 (the run length of blocks)"]
-
-
-@torch.no_grad()
-def _hidden_without_run(model, calls: list[LayerCall], start: int, n: int) -> torch.Tensor:
-    """Final hidden states (pre-norm) with blocks ``start .. start + n - 1`` (positions) skipped."""
-    layers = get_layers(unwrap(model))
-    hidden = calls[start].hidden
-    for position in range(start + n, len(layers)):
-        hidden = calls[position].call(layers[position], hidden)
-    return hidden
+from trimllm.scoring.candidates import run_length_problems
+from trimllm.scoring.forward import capture_calls, hidden_without, shifted_targets
 
 
 def _kl_sum(model, base: torch.Tensor, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = 512) -> float:
@@ -52,10 +35,9 @@ def _kl_sum(model, base: torch.Tensor, hidden: torch.Tensor, labels: torch.Tenso
     return total
 
 
-@SCORERS.register(checks=_checks)
+@SCORERS.register(checks=run_length_problems)
 @torch.no_grad()
 def teacher_kl(model, tokenizer, calibration, candidates, n: int = 1, batch_size: int = 8, max_length: int = 1024):
-    plan = get_plan(model)
     device = next(model.parameters()).device
     totals, tokens = {c: 0.0 for c in candidates}, 0
     for batch in build_lm_batches(tokenizer, calibration.texts(), batch_size, max_length):
@@ -63,12 +45,6 @@ def teacher_kl(model, tokenizer, calibration, candidates, n: int = 1, batch_size
         calls, normed = capture_calls(model, **inputs)
         base, targets = shifted_targets(normed, batch["labels"])
         for c in candidates:
-            kind, index = parse(c)
-            if kind == "block":
-                position = plan.position(index)
-                hidden = _hidden_without_run(model, calls, position, min(n, len(plan.kept) - position))
-            else:
-                hidden = hidden_without(model, calls, c)
-            totals[c] += _kl_sum(model, base, hidden, batch["labels"])
+            totals[c] += _kl_sum(model, base, hidden_without(model, calls, c, n), batch["labels"])
         tokens += int(targets.numel())
     return {c: v / max(tokens, 1) for c, v in totals.items()}, {"n": n}
