@@ -90,6 +90,7 @@ class StopConfig:
     target_params_fraction: float | None = None  # ... or once this fraction of parameters is removed
     max_modules: int | None = None  # ... or after this many modules in total
     accuracy_floor: float | None = None  # keep stages whose val acc >= floor x stage-0 acc; stop below it
+    max_drop: float | None = None  # ... the same in points (absolute): val metric >= stage 0's - max_drop / 100
 
     def problems(self) -> list[str]:
         floor = self.accuracy_floor
@@ -100,7 +101,10 @@ class StopConfig:
             (floor is None or 0 < floor <= 1,
              f"stop.accuracy_floor = {floor} must be in (0, 1], e.g. 0.95 (= 95 % of stage-0 accuracy)"), *shares,
             (self.max_modules is None or self.max_modules >= 1,
-             f"stop.max_modules = {self.max_modules} must be >= 1 (null for no limit)")])
+             f"stop.max_modules = {self.max_modules} must be >= 1 (null for no limit)"),
+            (self.max_drop is None or (math.isfinite(self.max_drop) and self.max_drop > 0),
+             f"stop.max_drop = {self.max_drop} must be > 0: points of the validation metric, e.g. 1.0 (= one "
+             "point of accuracy)")])
 
 
 @dataclass
@@ -256,6 +260,35 @@ class DistillConfig:
 
 
 @dataclass
+class CompressConfig:
+    """How ``trimllm compress`` searches for the deepest cut within ``stop.max_drop`` and proves it (README
+    "Compress"). Read by that command only; ``compress: null`` (the default) means these settings."""
+
+    step: int | None = None  # blocks between candidate depths; null = a 16th of the blocks (at least 1)
+    max_fraction: float = 0.75  # the deepest candidate, a share of the blocks
+    probes: int = 3  # short healing runs, bisecting between the estimates' safe depth and the deepest candidate
+    probe_fraction: float = 0.08  # a probe's training steps, a share of the final healing's
+    verify_items: int = 1000  # held-out train-side items (after data.n_train's) for the paired verification
+    confidence: float = 0.95  # one-sided: the drop's upper bound at this confidence must be within the tolerance
+    backoffs: int = 2  # further healed depths tried, each shallower, when a healed model misses
+    runtime: str = "llamacpp"  # where the proof runs: llamacpp (GGUF, with its speed) or transformers (reload only)
+    quant: str = "q4_k_m"  # the GGUF type proven and timed beside f16
+    test_limit: int | None = None  # test-side documents of the accuracy through the runtime (null = all)
+
+    def problems(self) -> list[str]:
+        return _failed([
+            (self.step is None or self.step >= 1, f"compress.step = {self.step} must be >= 1 (null for a 16th)"),
+            (0 < self.max_fraction < 1, f"compress.max_fraction = {self.max_fraction} must be in (0, 1)"),
+            (self.probes >= 0 and self.backoffs >= 0, "compress.probes and compress.backoffs must be >= 0"),
+            (0 < self.probe_fraction <= 1, f"compress.probe_fraction = {self.probe_fraction} must be in (0, 1]"),
+            (self.verify_items >= 10, f"compress.verify_items = {self.verify_items} must be >= 10"),
+            (0.5 <= self.confidence < 1, f"compress.confidence = {self.confidence} must be in [0.5, 1), e.g. 0.95"),
+            (self.runtime in ("llamacpp", "transformers"),
+             f"compress.runtime = {self.runtime!r} must be llamacpp or transformers"),
+            (self.test_limit is None or self.test_limit >= 1, "compress.test_limit must be >= 1, or null for all")])
+
+
+@dataclass
 class ExportConfig:
     """What a run keeps on disk (see README "Disk"). Training always runs, and the resume point is always kept, in
     the model's dtype, so a resumed run equals an uninterrupted one."""
@@ -290,6 +323,7 @@ class Recipe:
     bridge: BridgeConfig | None = None
     pld: PLDConfig | None = None
     distill: DistillConfig | None = None
+    compress: CompressConfig | None = None
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/trimllm"
@@ -307,6 +341,7 @@ RUN_OPTIONS = frozenset({
     "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
     "distill.cache_dir",  # where the teacher's cached logits are kept (a cache is keyed by what it holds)
     "eval.batch_size",  # lm-eval's batching of the final evaluation (the same documents, the same metric)
+    "compress",  # a whole section: read by `trimllm compress` only, which keeps its own record (compress.json)
 })
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trimllm import logits_check
 from trimllm.architectures import get_arch, get_submodule
 from trimllm.atomic import atomic_directory, temp_prefix
 from trimllm.plan import PLAN_FILE, Plan, count_parameters
@@ -61,6 +62,8 @@ def save_compressed(
         )
 
     def write(tmp: Path) -> None:
+        if tokenizer is not None:  # the model as it is in memory, to prove a reload of the folder (logits_check)
+            logits_check.save(model, tokenizer, tmp)
         with standard_modules(model):
             model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -181,7 +184,7 @@ def cast_export(folder: Path, dtype: str) -> None:
     from safetensors.torch import load_file, save_file
 
     target = getattr(torch, dtype)
-    for path in sorted(Path(folder).glob("*.safetensors")):
+    for path in sorted(Path(folder).glob("model*.safetensors")):  # the weights; the logits check stays as recorded
         tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in load_file(path).items()}
         tmp = path.with_name(temp_prefix(path) + "cast")
         save_file(tensors, tmp, metadata={"format": "pt"})

@@ -114,14 +114,50 @@ def training_data(cfg, tokenizer) -> TrainingData:
     source = DataSource.of(cfg)
     splits = source.splits(cfg.n_validation, cfg.n_calibration, cfg.seed, cfg.n_train)
     if source.format == "text":
-        blocks = {k: text_blocks(tokenizer, [r[cfg.text_field] for r in v], cfg.max_length) for k, v in splits.items()}
-        examples = [{"input_ids": b, "labels": [-100, *b[1:]]} for b in blocks["train"]]  # no target for token 0
-        prefix = tokenizer.eos_token or ""
-        items = {k: [MCItem(prefix, (tokenizer.decode(b),), 0) for b in v] for k, v in blocks.items()}
-        return TrainingData(examples, items["validation"], items["calibration"], source.metric)
+        blocks = text_blocks(tokenizer, [r[cfg.text_field] for r in splits["train"]], cfg.max_length)
+        examples = [{"input_ids": b, "labels": [-100, *b[1:]]} for b in blocks]  # no target for token 0
+        return TrainingData(examples, _items(source, cfg, tokenizer, splits["validation"]),
+                            _items(source, cfg, tokenizer, splits["calibration"]), source.metric)
     items = {k: source.items(v) for k, v in splits.items()}
     return TrainingData(sft_examples(tokenizer, items["train"], cfg.max_length), items["validation"],
                         items["calibration"], source.metric)
+
+
+def held_out_records(cfg, n: int) -> list[dict]:
+    """Up to ``n`` train-side records that a run of ``cfg`` neither trains, validates nor calibrates on: those after
+    its ``data.n_train`` training records in the same seeded draw (``trimllm compress`` verifies on them). None
+    when ``data.n_train`` is null (every record trains)."""
+    if cfg.n_train is None:
+        return []
+    source = DataSource.of(cfg)
+    return source.splits(cfg.n_validation, cfg.n_calibration, cfg.seed, None)["train"][cfg.n_train:][:n]
+
+
+def held_out_items(cfg, tokenizer, n: int) -> list[MCItem]:
+    """:func:`held_out_records` as items to score."""
+    return _items(DataSource.of(cfg), cfg, tokenizer, held_out_records(cfg, n))
+
+
+def _items(source: DataSource, cfg, tokenizer, records: list[dict]) -> list[MCItem]:
+    """Records as items to score: a plain text's blocks as one-choice items (their token probability), else the
+    format's items."""
+    if source.format != "text":
+        return source.items(records)
+    blocks = text_blocks(tokenizer, [r[cfg.text_field] for r in records], cfg.max_length)
+    return [MCItem(tokenizer.eos_token or "", (tokenizer.decode(b),), 0) for b in blocks]
+
+
+def item_scores(metric: str, model, tokenizer, items: list[MCItem], batch_size: int, max_length: int) -> list[float]:
+    """Each item's own figure, for a paired comparison of two models on the same items: right (1) or wrong (0)
+    under lm-eval's rule (``acc``), or its target's token probability ``exp(-mean NLL)`` (``token_prob``)."""
+    from trimllm.multiple_choice import encode_item, mc_correct, mc_logliks
+
+    if metric == "acc":
+        return [float(ok) for ok in mc_correct(model, tokenizer, items, batch_size, max_length)]
+    width = max_length + 64
+    logliks = mc_logliks(model, tokenizer, items, batch_size, width)
+    return [math.exp(s[0] / max(len(encode_item(tokenizer, item, width)[1][0]), 1))
+            for s, item in zip(logliks, items, strict=True)]
 
 
 def lm_eval_config(cfg) -> dict:

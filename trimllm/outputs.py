@@ -26,7 +26,7 @@ _RUN = {run_layout.RESOLVED: "file", run_layout.RUN_FILE: "file", PLAN_FILE: "fi
         run_layout.STAGE_PATTERN: "a trimllm export", run_layout.FINAL_EVAL: "trimllm results", run_layout.TASKS: "trimllm tasks",
         run_layout.TRAINER: "any", run_layout.TENSORBOARD: "any", run_layout.TEACHER_LOGITS: "any", _TMP: "any", run_layout.LOCK: "file"}
 _EXPORT = {name: "file" for name in (
-    PLAN_FILE, "config.json", "README.md", "model.safetensors", "model.safetensors.index.json",
+    PLAN_FILE, "config.json", "trimllm_check.safetensors", "README.md", "model.safetensors", "model.safetensors.index.json",
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
     "results.json", "results.md",  # `trimllm eval --out` into a model folder adds its results
@@ -34,8 +34,14 @@ _EXPORT = {name: "file" for name in (
 _SCORES = {"scores.json": "file", "scores.md": "file", "scores.png": "file", _TMP: "any"}
 _EVAL = {"results.json": "file", "results.md": "file", r"samples_.+\.jsonl": "file", _TMP: "any"}
 _TASKS = {r".+\.yaml": "file", r".+_test\.jsonl": "file", _TMP: "any"}  # a user data set's task (formats.write_task)
-KINDS = {"a trimllm run": _RUN, "a trimllm export": _EXPORT, "trimllm scores": _SCORES, "trimllm results": _EVAL}
-_LAYOUTS = {**KINDS, "trimllm tasks": _TASKS}
+# trimllm compress (trimllm.compress): its runs, its final model and the GGUF files of its deployment proof
+_DEPLOY = {"proof.json": "file", r".+\.gguf": "file", _TMP: "any"}
+_COMPRESS = {"compress.json": "file", "compress.md": "file", "compress.png": "file", run_layout.LOCK: "file",
+             r"(reference|probe_\d+|heal_\d+)": "a trimllm run", run_layout.FINAL: "a trimllm export",
+             "deploy": "trimllm deploy files", run_layout.TEACHER_LOGITS: "any", _TMP: "any"}
+KINDS = {"a trimllm run": _RUN, "a trimllm export": _EXPORT, "trimllm scores": _SCORES, "trimllm results": _EVAL,
+         "a trimllm compress run": _COMPRESS}
+_LAYOUTS = {**KINDS, "trimllm tasks": _TASKS, "trimllm deploy files": _DEPLOY}
 
 
 def _rule(kind: str, name: str) -> str | None:

@@ -103,7 +103,7 @@ def _run(recipe: Recipe, overwrite: bool) -> dict:
                 tidy_stages(state)
                 logger.info(stage_line(record, world_size()))
                 logger.info(progress_line(len(state.run.stages), expected, time.perf_counter() - started))
-        state.run.final = stop.choose_final(state.run.stages, recipe.stop.accuracy_floor)
+        state.run.final = stop.choose_final(state.run.stages, recipe.stop.accuracy_floor, recipe.stop.max_drop)
         finish(state)
     barrier()
     return state.run.to_dict()
@@ -146,18 +146,23 @@ def decide(state: RunState, stage: int) -> StagePlan | None:
 
 
 def remove(state: RunState, candidates: list[str]) -> None:
-    """Remove the stage's candidates; with ``bridge`` set, a linear bridge fitted on the calibration texts is first
-    folded in at each cut of whole blocks (ReplaceMe; :mod:`trimllm.bridge`). Deterministic, so a resumed stage
-    redoes it exactly."""
+    """Remove the stage's candidates (:func:`remove_candidates`). Deterministic, so a resumed stage redoes it
+    exactly."""
+    remove_candidates(state.model, state.tokenizer, state.calibration, state.recipe, candidates)
+
+
+def remove_candidates(model: nn.Module, tokenizer, calibration: CalibrationSet, recipe: Recipe,
+                      candidates: list[str]) -> None:
+    """Remove ``candidates`` from ``model``; with ``bridge`` set, a linear bridge fitted on the calibration texts is
+    first folded in at each cut of whole blocks (ReplaceMe; :mod:`trimllm.bridge`)."""
     blocks = [index for kind, index in map(parse, candidates) if kind == "block"]
-    cfg = state.recipe.bridge
+    cfg = recipe.bridge
     if cfg is not None and blocks:
-        batches = build_lm_batches(state.tokenizer, state.calibration.texts(), state.recipe.scoring.batch_size,
-                                   state.recipe.data.max_length)
-        for before, bridge in fit_bridges(state.model, batches, blocks, cfg.ridge, cfg.n_tokens).items():
-            fold_bridge(state.model, before, bridge)
+        batches = build_lm_batches(tokenizer, calibration.texts(), recipe.scoring.batch_size, recipe.data.max_length)
+        for before, bridge in fit_bridges(model, batches, blocks, cfg.ridge, cfg.n_tokens).items():
+            fold_bridge(model, before, bridge)
     for candidate in candidates:
-        remove_candidate(state.model, candidate)
+        remove_candidate(model, candidate)
 
 
 def run_stage(state: RunState, plan: StagePlan) -> StageRecord:

@@ -194,9 +194,10 @@ def remove_litter(out: Path) -> None:
             stale.unlink()
 
 
-def _flatten(node, prefix=""):
+def flatten(node, prefix=""):
+    """A recipe mapping as ``{"section.key": value}``."""
     if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): node}
 
 
@@ -244,11 +245,12 @@ def _changed(out: Path, recipe: Recipe) -> RecipeChange:
     """How ``recipe`` differs from the one saved in ``out``. A key the saved recipe lacks (one this trimllm added
     since) ran at the default of its time, so a run started before an upgrade still resumes when the new recipe
     leaves the key at that value."""
-    saved, new = _flatten(_saved_recipe(out)), _flatten(recipe.to_dict())
-    then = {**_flatten(Recipe().to_dict()), **{k: former for k, (former, _) in CHANGED_DEFAULTS.items()}}
+    saved, new = flatten(_saved_recipe(out)), flatten(recipe.to_dict())
+    then = {**flatten(Recipe().to_dict()), **{k: former for k, (former, _) in CHANGED_DEFAULTS.items()}}
     old = {**{k: v for k, v in then.items() if k in new}, **saved}
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return RecipeChange(old, new, [k for k in changed if k not in RUN_OPTIONS], [k for k in changed if k in RUN_OPTIONS])
+    option = [k for k in changed if k in RUN_OPTIONS or k.split(".")[0] in RUN_OPTIONS]  # a key, or a whole section
+    return RecipeChange(old, new, [k for k in changed if k not in option], option)
 
 
 def last_checkpoint(work_dir: Path) -> Path | None:

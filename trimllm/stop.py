@@ -56,21 +56,33 @@ def expected_stages(schedule: str, per_stage: int, plan: Plan, stop: StopConfig,
     return max(completed, 1) + -(-budget(plan, stop, granularity) // per)
 
 
-def below_floor(stages: list[StageRecord], floor: float | None) -> bool:
-    """The last stage's validation accuracy fell below ``floor`` x stage 0's: no later stage can be chosen."""
-    return floor is not None and len(stages) > 1 and stages[-1].val_acc < floor * stages[0].val_acc
+def lowest_kept(reference: float, floor: float | None, max_drop: float | None = None) -> float | None:
+    """The lowest validation metric a stage may have and still be chosen: ``floor`` x stage 0's (relative) and
+    stage 0's less ``max_drop`` points (absolute, ``stop.max_drop``), whichever is higher; None without either."""
+    bounds = [b for b in (floor and floor * reference, max_drop and reference - max_drop / 100) if b is not None]
+    return max(bounds) if bounds else None
+
+
+def below_floor(stages: list[StageRecord], floor: float | None, max_drop: float | None = None) -> bool:
+    """The last stage's validation metric fell below what may be kept (:func:`lowest_kept`): no later stage can be
+    chosen."""
+    lowest = lowest_kept(stages[0].val_acc, floor, max_drop)
+    return lowest is not None and len(stages) > 1 and stages[-1].val_acc < lowest
 
 
 def is_last(stages: list[StageRecord], plan: Plan, params: int, stop: StopConfig, granularity: str,
             decided_last: bool) -> bool:
     """Whether the stage just completed ends the run: the schedule said so, a target is reached, or the floor
     is crossed."""
-    return decided_last or target_reached(plan, params, stop, granularity) or below_floor(stages, stop.accuracy_floor)
+    return (decided_last or target_reached(plan, params, stop, granularity)
+            or below_floor(stages, stop.accuracy_floor, stop.max_drop))
 
 
-def choose_final(stages: list[StageRecord], floor: float | None) -> FinalChoice:
-    """The smallest stage whose validation accuracy meets the floor (the last stage when there is no floor)."""
+def choose_final(stages: list[StageRecord], floor: float | None, max_drop: float | None = None) -> FinalChoice:
+    """The smallest stage whose validation metric meets the floor and the drop limit (the last stage without
+    either)."""
     reference = stages[0].val_acc
-    eligible = [s for s in stages if floor is None or s.val_acc >= floor * reference] or [stages[0]]
-    best = eligible[-1] if floor is None else min(eligible, key=lambda s: (s.params, -s.val_acc))
+    lowest = lowest_kept(reference, floor, max_drop)
+    eligible = [s for s in stages if lowest is None or s.val_acc >= lowest] or [stages[0]]
+    best = eligible[-1] if lowest is None else min(eligible, key=lambda s: (s.params, -s.val_acc))
     return FinalChoice(best.stage, best.dir, best.val_acc, floor, reference)

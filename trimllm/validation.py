@@ -100,9 +100,10 @@ def _stop_problems(recipe: Recipe) -> list[str]:
     facts, cfg = schedule_facts(recipe.schedule.name), recipe.stop
     problems = []
     if facts.removes and facts.full_depth_stage0 and all(
-            rule is None for rule in (cfg.target_fraction, cfg.target_params_fraction, cfg.max_modules, cfg.accuracy_floor)):
-        problems.append("no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or "
-                        "stop.accuracy_floor")
+            rule is None for rule in (cfg.target_fraction, cfg.target_params_fraction, cfg.max_modules,
+                                      cfg.accuracy_floor, cfg.max_drop)):
+        problems.append("no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules, "
+                        "stop.accuracy_floor or stop.max_drop")
     if facts.needs_target_fraction and cfg.target_fraction is None:
         problems.append(f"schedule {recipe.schedule.name} needs stop.target_fraction")
     return problems

@@ -54,7 +54,8 @@ def test_the_checks_follow_the_declared_facts(registered):
         "schedule in_halves needs stop.target_fraction"]
     assert problems("schedule=untouched", "stop.target_fraction=null") == []  # removes nothing: no stop rule
     assert problems("schedule.name=chunked", "stop.target_fraction=null") == [
-        "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules or stop.accuracy_floor"]
+        "no stop rule: set stop.target_fraction, stop.target_params_fraction, stop.max_modules, stop.accuracy_floor "
+        "or stop.max_drop"]
     # a stage0 teacher exists where stage 0 trains the full depth before anything is removed
     assert problems("schedule.name=chunked", "distill={}") == []
     assert any("distill.teacher = stage0 needs a full-depth stage 0, which schedule 'untouched'" in p

@@ -61,6 +61,14 @@ def test_final_is_the_smallest_stage_that_meets_the_floor():
     assert choose_final(stages[:3], floor=0.95) == FinalChoice(1, "stage_01", 0.79, 0.95, 0.80)
 
 
+def test_max_drop_is_a_floor_in_points():
+    stages = [record(0, 0.80, 1000), record(1, 0.79, 900), record(2, 0.60, 800), record(3, 0.785, 700)]
+    assert choose_final(stages, floor=None, max_drop=1.5).stage == 3  # 78.5 >= 80 - 1.5
+    assert choose_final(stages, floor=None, max_drop=1.0).stage == 1  # 79 >= 79; 78.5 < 79
+    assert choose_final(stages, floor=0.99, max_drop=5.0).stage == 0  # the higher of the two bounds: 0.792
+    assert below_floor(stages[:3], None, 10.0) and not below_floor(stages[:2], None, 1.0)
+
+
 def test_run_file_round_trip(tmp_path):
     run = RunFile({"output_dir": "x"}, "m", 10, 1000, [record(0, 0.8, 1000)],
                   StagePlan(1, ["block.3"], last=False, scorer="depth", scores={"block.3": 0.1}, frozen=[2]),

@@ -1,0 +1,103 @@
+"""`trimllm compress` end to end on a tiny model (the proof in plain transformers): its outputs, a choice that
+follows from its recorded figures, a rerun at another tolerance that reuses them, a resume mid-search that ends
+where an uninterrupted job does, and bad input refused before any training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, save_tiny
+from trimllm import compress as compress_module
+from trimllm import depth_search as ds
+from trimllm.compress import compress
+from trimllm.validation import load_recipe
+
+pytestmark = pytest.mark.integration
+
+TINY_JOB = ["data.n_train=16", "data.n_validation=8", "data.n_calibration=4", "data.max_length=96",
+            "train.steps_per_stage=2", "train.batch_size=4", "train.logging_steps=1", "scoring.batch_size=8",
+            "compress.step=1", "compress.max_fraction=0.67", "compress.probes=2", "compress.probe_fraction=0.5",
+            "compress.verify_items=40", "compress.backoffs=1", "compress.runtime=transformers"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny("llama", tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def recipe(tiny_dir, out, *overrides):
+    return load_recipe(ROOT / "recipes" / "quickstart.yaml",
+                       [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_JOB, *overrides])
+
+
+def expected_choice(state: dict, tolerance: float) -> int:
+    """The depth the recorded figures choose at ``tolerance``: the first healed depth of the order that verifies."""
+    reference, confidence = state["reference"], state["choice"]["confidence"]
+    estimates = {int(k): v for k, v in state["estimates"].items()}
+    figures = {**{k: v["metric"] for k, v in state["probes"].items()},
+               **{k: v["metric"] for k, v in state["heals"].items()}}  # a healed depth answers with that figure
+    probed = {d: figures[str(d)] for d in state["choice"]["probed"]}
+    safe = ds.safe_depth(estimates, reference, tolerance)
+    for depth in ds.heal_order(probed, safe, reference, tolerance, backoffs=1):
+        heal = state["heals"][str(depth)]
+        if ds.verified(heal["drop"], heal["se"], tolerance, confidence):
+            return depth
+    return 0
+
+
+def test_compress_end_to_end_and_again_at_another_tolerance(tiny_dir, tmp_path):
+    out = tmp_path / "job"
+    state = compress(recipe(tiny_dir, out), tolerance=100.0)  # every depth is within 100 points
+    assert state["depths"] == [1, 2, 3, 4] and set(state["estimates"]) == {"1", "2", "3", "4"}
+    assert state["choice"]["removed"] == 4 == expected_choice(state, 100.0) and state["probes"] == {}
+    for name in ("compress.json", "compress.md", "compress.png", "final/config.json", "final/trimllm_check.safetensors",
+                 "deploy/proof.json", "reference/run.json", "heal_04/run.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "final" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert state["proof"]["checks"][0]["ok"] and "Deployment proof" in (out / "final" / "README.md").read_text()
+    assert not list((out / "heal_04").glob("stage_*"))  # the copies this job wrote are gone; final/ stays
+    reference_file = (out / "reference" / "run.json").read_text()
+
+    strict = compress(recipe(tiny_dir, out), tolerance=0.01)  # the same folder: the figures are reused
+    assert (out / "reference" / "run.json").read_text() == reference_file
+    assert strict["estimates"] == state["estimates"] and strict["reference"] == state["reference"]
+    assert strict["choice"]["removed"] == expected_choice(strict, 0.01)
+    kept = json.loads((out / "final" / "config.json").read_text())["num_hidden_layers"]
+    assert kept == 6 - strict["choice"]["removed"]
+
+
+def test_a_job_killed_mid_search_resumes_to_the_same_choice(tiny_dir, tmp_path, monkeypatch):
+    tolerance = 2.0
+    whole = compress(recipe(tiny_dir, tmp_path / "whole"), tolerance)
+    original = compress_module.heal_and_verify
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after the reference, the estimates and the probes
+
+    monkeypatch.setattr(compress_module, "heal_and_verify", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compress(recipe(tiny_dir, tmp_path / "resumed"), tolerance)
+    monkeypatch.setattr(compress_module, "heal_and_verify", original)
+    resumed = compress(recipe(tiny_dir, tmp_path / "resumed"), tolerance)
+    assert resumed["choice"]["removed"] == whole["choice"]["removed"]
+    assert resumed["estimates"] == whole["estimates"]
+    assert {k: v["metric"] for k, v in resumed["probes"].items()} == {k: v["metric"] for k, v in whole["probes"].items()}
+
+
+@pytest.mark.parametrize("overrides, options, expected", [
+    ([], ["--tolerance", "-1"], "the tolerance is the points the model may lose, > 0"),
+    ([], ["--metric", "token_prob"], "multiple_choice data is measured by acc, not 'token_prob'"),
+    ([], ["--quant", "q5_0"], "expected q8_0 or q4_k_m, got 'q5_0'"),
+    (["data.n_train=null"], [], "leaves 0 of sciq (at least 10 needed): set data.n_train lower"),
+    (["compress.confidence=1.5"], [], "compress.confidence = 1.5 must be in [0.5, 1)"),
+])
+def test_bad_input_is_refused_before_any_training(tiny_dir, tmp_path, capsys, monkeypatch, overrides, options,
+                                                  expected):
+    out = tmp_path / "job"
+    code, output = run_cli(capsys, monkeypatch, "compress", ROOT / "recipes" / "quickstart.yaml",
+                           f"model.name={tiny_dir}", f"output_dir={out}", *TINY_JOB, *overrides, *options)
+    assert code == 2, output
+    assert expected in output and "Traceback" not in output
+    assert not (out / "reference").exists()

@@ -1,0 +1,331 @@
+"""``trimllm compress``: the deepest cut within the user's tolerance, verified on held-out data, proven to deploy.
+
+The question users ask is "how small and fast can my domain model get if I accept at most X points?", not "what
+happens at 25 %?". The job, top to bottom:
+
+1. **Reference**: the recipe's full-depth fine-tune (its stage 0; ``train.stage0_steps: 0`` takes the model as it
+   is), a trimllm run in ``reference/``. Its validation metric is what every drop is measured against.
+2. **Estimates**: the reference scored once by the recipe's scorer; at each candidate depth (every
+   ``compress.step`` blocks up to ``compress.max_fraction``) the lowest-ranked blocks removed, bridged when the
+   recipe has ``bridge`` (ReplaceMe, Shopkhoev et al. 2025), no training. Cheap, and a floor under what healing
+   reaches: a depth the estimates keep within the tolerance needs no probe.
+3. **Probes**: short healing runs (``compress.probe_fraction`` of the final healing's steps) bisecting the deeper
+   candidates (:func:`trimllm.depth_search.probe_depths`).
+4. **Heal and verify**: the deepest depth whose probe is within the tolerance gets the recipe's whole recovery (a
+   ``tuned_oneshot`` run from the reference, as ShortGPT / Gromov et al. 2024 heal, in ``heal_DD/``) and is verified
+   on held-out train-side items that no run saw: the one-sided upper bound of its paired drop against the reference
+   must be within the tolerance. A miss backs off to the next shallower depth, down to the reference itself.
+5. **Proof** (:mod:`trimllm.deploy_proof`): ``final/`` reloaded by plain transformers in a fresh process; with
+   llama.cpp, GGUF f16 and ``compress.quant`` checked against the log-probabilities recorded at export, the test
+   side's accuracy, and speed and size beside the original's; ``compress.md`` and its plot.
+
+Every figure is kept in ``compress.json`` by depth, independent of the tolerance, so a killed job resumes where it
+stopped and a rerun at another tolerance reuses what was measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trimllm import depth_search
+from trimllm.atomic import atomic_directory, write_text_atomic
+from trimllm.config import CompressConfig, Recipe, ScheduleConfig, StopConfig
+from trimllm.errors import RecipeError
+from trimllm.formats import data_name, held_out_items, held_out_records, item_scores, training_data
+from trimllm.layout import STAGE_GLOB, RunDir
+from trimllm.modeling import load_model
+from trimllm.outputs import check_output
+from trimllm.rundir import lock, unlock
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "compress.json"
+# What a recorded figure depends on: the recipe, except what only the proof, the logging or the output folder read.
+NOT_IDENTITY = {"output_dir", "stop", "eval"}
+PROOF_ONLY = {"runtime", "quant", "test_limit"}
+MIN_VERIFY = 10  # held-out records: fewer give no interval worth the name
+
+
+@dataclass
+class Job:
+    """One compress folder: the recipe, the tolerance of this call, and every figure measured so far."""
+
+    out: Path
+    recipe: Recipe
+    settings: CompressConfig
+    tolerance: float
+    state: dict
+
+    def save(self) -> None:
+        write_text_atomic(self.out / STATE_FILE, json.dumps(self.state, indent=1) + "\n")
+
+
+def compress(recipe: Recipe, tolerance: float, overwrite: bool = False) -> dict:
+    """Find, heal, verify and prove the deepest cut of ``recipe``'s model within ``tolerance`` points of the
+    reference's validation metric. Returns the job's record (also ``output_dir/compress.json``)."""
+    job = open_job(recipe, tolerance, overwrite)
+    try:
+        check_verification(job)  # before any training: a draw that leaves nothing to verify on is refused
+        reference = reference_run(job)
+        model, tokenizer = load_model(reference, dtype=recipe.model.dtype)
+        verify_items = verification_items(job, tokenizer)
+        estimates(job, model, tokenizer)
+        del model
+        safe = depth_search.safe_depth(_by_depth(job.state["estimates"]), job.state["reference"], tolerance)
+        probed = depth_search.probe_depths(job.state["depths"], safe, lambda d: probe(job, d),
+                                           job.state["reference"], tolerance, job.settings.probes)
+        order = depth_search.heal_order(probed, safe, job.state["reference"], tolerance, job.settings.backoffs)
+        chosen = next((d for d in order if heal_and_verify(job, d, verify_items, tokenizer)), 0)
+        job.state["choice"] = choice_record(job, safe, probed, order, chosen)
+        job.save()
+        write_final(job, chosen)
+        job.state["proof"] = proof(job, chosen)
+        job.save()
+        from trimllm.compress_report import write_report
+
+        write_report(job.out, job.state)
+        return job.state
+    finally:
+        unlock(job.out)
+
+
+def open_job(recipe: Recipe, tolerance: float, overwrite: bool) -> Job:
+    """The compress folder, locked: fresh, or the figures of an earlier job of the same recipe there (refused when
+    the recipe changed what they measured, unless ``overwrite``)."""
+    out = Path(recipe.output_dir)
+    check_output(out, overwrite, own="a trimllm compress run")
+    settings = recipe.compress or CompressConfig()
+    identity = _identity(recipe)
+    lock(out)
+    state_path = out / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if state is not None and overwrite:
+        for path in out.iterdir():
+            if path.name != ".lock":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        state = None
+    if state is not None and state["identity"] != identity:
+        unlock(out)
+        changed = sorted(k for k in {**identity, **state["identity"]} if identity.get(k) != state["identity"].get(k))
+        changed = [f"{k}: {state['identity'].get(k)!r} -> {identity.get(k)!r}" for k in changed]
+        raise RecipeError([f"output_dir {out} holds a compress job of another recipe (changed: {', '.join(changed)}); "
+                           "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite"], "recipe")
+    state = state or {"identity": identity, "estimates": {}, "probes": {}, "heals": {}}
+    job = Job(out, recipe, settings, tolerance, state)
+    job.state["tolerance"] = tolerance
+    job.save()
+    return job
+
+
+def _identity(recipe: Recipe) -> dict:
+    """The recipe's keys (flattened) that the measured figures depend on: not the run options, the output folder,
+    the stop rules (the job sets its own), the evaluation or the proof's settings; as JSON reads them back."""
+    from trimllm.config import RUN_OPTIONS
+    from trimllm.rundir import flatten
+
+    raw = dataclasses.replace(recipe, compress=recipe.compress or CompressConfig()).to_dict()
+    keys = {k: v for k, v in flatten(raw).items()
+            if k.split(".")[0] not in NOT_IDENTITY and k not in RUN_OPTIONS and k.removeprefix("compress.") not in PROOF_ONLY}
+    return json.loads(json.dumps(keys))
+
+
+def sub_recipe(job: Job, folder: str, **sections) -> Recipe:
+    """A trimllm run inside the job's folder: the recipe with ``sections`` replaced, no compress settings, no
+    drop limit and no final evaluation (the job evaluates once, on its final model)."""
+    recipe = copy.deepcopy(job.recipe)
+    recipe.compress, recipe.output_dir = None, str(job.out / folder)
+    recipe.eval = dataclasses.replace(recipe.eval, tasks=[])
+    if recipe.distill is not None and recipe.distill.cache_k and not recipe.distill.cache_dir:
+        recipe.distill.cache_dir = str(job.out / "teacher_logits")  # one teacher cache for every healing run
+    return dataclasses.replace(recipe, **sections)
+
+
+def reference_run(job: Job) -> Path:
+    """The full-depth fine-tune (the recipe's stage 0) in ``reference/``; returns its model folder."""
+    from trimllm.pipeline import run
+
+    recipe = sub_recipe(job, "reference", schedule=ScheduleConfig("none", {}), stop=StopConfig(target_fraction=None))
+    result = run(recipe)
+    job.state["reference"] = result["stages"][0]["val_acc"]
+    job.state["reference_seconds"] = sum(result["stages"][0]["seconds"].values())
+    job.save()
+    return job.out / "reference" / "final"
+
+
+def check_verification(job: Job) -> None:
+    """Refuse a recipe whose draw leaves too few held-out records to verify on (:func:`held_out_records`)."""
+    cfg = job.recipe.data
+    found = len(held_out_records(cfg, job.settings.verify_items))
+    if found < MIN_VERIFY:
+        unlock(job.out)
+        raise RecipeError([f"compress verifies on train-side records that no run trains on, but data.n_train = "
+                           f"{cfg.n_train} leaves {found} of {data_name(cfg)} (at least {MIN_VERIFY} needed): set "
+                           "data.n_train lower"], "recipe")
+
+
+def verification_items(job: Job, tokenizer) -> list:
+    """The held-out items (:func:`trimllm.formats.held_out_items`), ``compress.verify_items`` at most."""
+    return held_out_items(job.recipe.data, tokenizer, job.settings.verify_items)
+
+
+def estimates(job: Job, model, tokenizer) -> None:
+    """Each candidate depth without training (the reference's lowest-ranked blocks removed, bridged per the
+    recipe): its validation metric, in ``state["estimates"]``; the removal order in ``state["order"]``."""
+    from trimllm.decisions import Inputs, score
+    from trimllm.pipeline import remove_candidates
+    from trimllm.scoring import CalibrationSet
+    from trimllm.surgery import get_plan
+
+    recipe, started = job.recipe, time.perf_counter()
+    data = training_data(recipe.data, tokenizer)
+    calibration = CalibrationSet(data_name(recipe.data), data.calibration, recipe.data.seed)
+    if "order" not in job.state:
+        ranked = score(Inputs(recipe, model, tokenizer, calibration), "block").ranked()
+        job.state["order"] = [c for c, _ in ranked]
+        job.state["n_blocks"] = len(get_plan(model).kept)
+    job.state["depths"] = depth_search.candidate_depths(job.state["n_blocks"], job.settings.step,
+                                                        job.settings.max_fraction)
+    for depth in job.state["depths"]:
+        if str(depth) in job.state["estimates"]:
+            continue
+        pruned = copy.deepcopy(model)
+        remove_candidates(pruned, tokenizer, calibration, recipe, job.state["order"][:depth])
+        job.state["estimates"][str(depth)] = _metric(pruned, tokenizer, data.validation, data.metric, recipe)
+        job.state["estimate_seconds"] = job.state.get("estimate_seconds", 0.0) + time.perf_counter() - started
+        started = time.perf_counter()
+        job.save()
+        logger.info("compress: estimate at %d blocks removed: %.4f (reference %.4f)", depth,
+                    job.state["estimates"][str(depth)], job.state["reference"])
+
+
+def _metric(model, tokenizer, items, metric, recipe) -> float:
+    from trimllm.formats import validation_metric
+
+    return validation_metric(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
+
+
+def healing_steps(recipe: Recipe) -> int:
+    return recipe.train.final_stage_steps or recipe.train.steps_per_stage
+
+
+def pruned_run(job: Job, folder: str, depth: int, steps: int) -> dict:
+    """A ``tuned_oneshot`` run from the reference that removes ``depth`` blocks and heals for ``steps`` steps."""
+    from trimllm.pipeline import run
+
+    train = dataclasses.replace(job.recipe.train, stage0_steps=0, final_stage_steps=steps)
+    model = dataclasses.replace(job.recipe.model, name=str((job.out / "reference" / "final").resolve()))
+    recipe = sub_recipe(job, folder, model=model, train=train, schedule=ScheduleConfig("tuned_oneshot", {}),
+                        stop=StopConfig(target_fraction=depth / job.state["n_blocks"]))
+    result = run(recipe)
+    last = result["stages"][-1]
+    if sorted(last["removed"]) != sorted(job.state["order"][:depth]):  # the same scorer on the same model
+        logger.warning("compress: %s removed %s, the estimates' order says %s", folder, last["removed"],
+                       job.state["order"][:depth])
+    return {"metric": last["val_acc"], "seconds": sum(last["seconds"].values()), "steps": last["steps"],
+            "removed": last["removed"], "params": last["params"]}
+
+
+def drop_models(run: Path, keep_final: bool) -> None:
+    """Disk: a finished probe or healing run's model folders (its stage 0 is a copy of the reference), which this
+    job wrote; its run file and report stay."""
+    for folder in [*run.glob(STAGE_GLOB), *([] if keep_final else [run / "final"])]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def probe(job: Job, depth: int) -> float:
+    """A short healing run at ``depth`` (``probe_DD/``): its validation metric. A depth already healed in full (by
+    a run at another tolerance) answers with the healed figure, which knows more."""
+    key = str(depth)
+    if key in job.state["heals"]:
+        return job.state["heals"][key]["metric"]
+    if key not in job.state["probes"]:
+        steps = max(1, round(job.settings.probe_fraction * healing_steps(job.recipe)))
+        job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, steps)
+        job.save()
+        drop_models(job.out / f"probe_{depth:02d}", keep_final=False)  # its figures are what counts
+    logger.info("compress: probe at %d blocks removed: %.4f", depth, job.state["probes"][key]["metric"])
+    return job.state["probes"][key]["metric"]
+
+
+def heal_and_verify(job: Job, depth: int, items: list, tokenizer) -> bool:
+    """Heal ``depth`` with the recipe's whole recovery (``heal_DD/``), then verify it on the held-out ``items``
+    against the reference: whether the drop's upper bound is within the tolerance."""
+    key, recipe = str(depth), job.recipe
+    if key not in job.state["heals"]:
+        healed = pruned_run(job, f"heal_{depth:02d}", depth, healing_steps(recipe))
+        drop_models(job.out / f"heal_{depth:02d}", keep_final=True)
+        reference = _reference_scores(job, items, tokenizer)
+        model, _ = load_model(job.out / f"heal_{depth:02d}" / "final", dtype=recipe.model.dtype)
+        metric = training_metric(recipe)
+        scores = item_scores(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
+        drop, se = depth_search.paired_drop(reference, scores)
+        job.state["heals"][key] = {**healed, "verify_metric": sum(scores) / len(scores), "drop": drop, "se": se,
+                                   "n": len(scores)}
+        job.save()
+    heal = job.state["heals"][key]
+    ok = depth_search.verified(heal["drop"], heal["se"], job.tolerance, job.settings.confidence)
+    bound = depth_search.upper_bound(heal["drop"], heal["se"], job.settings.confidence)
+    logger.info("compress: healed at %d blocks removed: drop %.2f points (upper bound %.2f at %.0f %%) -> %s",
+                depth, heal["drop"], bound, 100 * job.settings.confidence,
+                "verified" if ok else f"over the tolerance {job.tolerance}")
+    return ok
+
+
+def training_metric(recipe: Recipe) -> str:
+    from trimllm.formats import DataSource
+
+    return DataSource.of(recipe.data).metric
+
+
+def _reference_scores(job: Job, items: list, tokenizer) -> list[float]:
+    if "verify_reference" not in job.state:
+        recipe = job.recipe
+        model, _ = load_model(job.out / "reference" / "final", dtype=recipe.model.dtype)
+        job.state["verify_reference"] = item_scores(training_metric(recipe), model, tokenizer, items,
+                                                    recipe.scoring.batch_size, recipe.data.max_length)
+        job.save()
+    return job.state["verify_reference"]
+
+
+def choice_record(job: Job, safe: int, probed: dict, order: list[int], chosen: int) -> dict:
+    """What was decided at this tolerance, and the search's cost beside the final healing's."""
+    heal = job.state["heals"].get(str(chosen))
+    runs = [job.state["probes"][str(d)] for d in probed if str(d) in job.state["probes"]]  # healed ones cost nothing more
+    search_s = job.state.get("estimate_seconds", 0.0) + sum(r["seconds"] for r in runs)
+    search_steps = sum(r["steps"] for r in runs)
+    return {"tolerance": job.tolerance, "confidence": job.settings.confidence, "safe_depth": safe,
+            "probed": sorted(probed), "healed": [d for d in order if str(d) in job.state["heals"]],
+            "removed": chosen, "n_blocks": job.state["n_blocks"],
+            "search_seconds": search_s, "search_steps": search_steps,
+            "healing_seconds": heal["seconds"] if heal else None, "healing_steps": heal["steps"] if heal else None,
+            "search_share": search_s / heal["seconds"] if heal and heal["seconds"] else None}
+
+
+def write_final(job: Job, chosen: int) -> None:
+    """Copy the chosen model (the reference when no cut is verified) to ``final/``, atomically."""
+    source = job.out / (f"heal_{chosen:02d}" if chosen else "reference") / "final"
+    atomic_directory(RunDir(job.out).final, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+
+
+def proof(job: Job, chosen: int) -> dict:
+    """The deployment proof of ``final/`` (:func:`trimllm.deploy_proof.prove`), made once per depth and proof
+    settings: a rerun at another tolerance that chooses the same depth reuses it."""
+    from trimllm.deploy_proof import prove
+
+    cfg = job.settings
+    key = f"{chosen}-{cfg.runtime}-{cfg.quant}-{cfg.test_limit}"
+    proofs = job.state.setdefault("proofs", {})
+    if key not in proofs:
+        proofs[key] = prove(job.out, cfg, job.recipe, name=f"removed_{chosen:02d}" if chosen else "original")
+        job.save()
+    return proofs[key]
+
+
+def _by_depth(figures: dict) -> dict[int, float]:
+    return {int(k): v for k, v in figures.items()}
