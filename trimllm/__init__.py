@@ -4,15 +4,15 @@ from trimllm.plan import Plan
 
 __version__ = "0.1.0"
 
-__all__ = ["Plan", "train", "evaluate", "load_model", "save_compressed", "drop_blocks", "bypass_attention", "bypass_mlp", "freeze_blocks"]
+__all__ = ["Plan", "train", "compress", "evaluate", "load_model", "save_compressed", "drop_blocks", "bypass_attention", "bypass_mlp", "freeze_blocks"]
 
 
 def __getattr__(name):
     # Lazy re-exports: `import trimllm` stays fast and does not import transformers.
-    if name == "train":
-        from trimllm.api import train
+    if name in {"train", "compress"}:
+        from trimllm import api
 
-        return train
+        return getattr(api, name)
     if name == "evaluate":
         from trimllm.evaluation import evaluate
 

@@ -1,5 +1,5 @@
-"""The Python entry points for scripts: :func:`train` runs a recipe as ``trimllm train`` does; evaluation is
-:func:`trimllm.evaluation.evaluate` (``trimllm.evaluate``)."""
+"""The Python entry points for scripts: :func:`train` runs a recipe as ``trimllm train`` does, :func:`compress`
+as ``trimllm compress`` does; evaluation is :func:`trimllm.evaluation.evaluate` (``trimllm.evaluate``)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,30 @@ def train(recipe: str | Path | Recipe | None = None, *, overwrite: bool = False,
     from trimllm.pipeline import run
 
     _check_types(recipe, overwrite)
+    return run(_resolved(recipe, overrides), overwrite=overwrite)
+
+
+def compress(recipe: str | Path | Recipe | None = None, tolerance: float = 1.0, *, overwrite: bool = False,
+             **overrides) -> dict:
+    """The deepest cut within ``tolerance`` points, verified and proven (``trimllm compress``; README "Compress");
+    returns the job's record (``output_dir/compress.json``). Arguments as :func:`train`'s.
+
+    Raises:
+        trimllm.deploy_proof.DeployProofFailed: the chosen model does not reload or run as measured.
+    """
+    from trimllm.compress import compress as run_compress
+
+    _check_types(recipe, overwrite)
+    return run_compress(_resolved(recipe, overrides), tolerance, overwrite=overwrite)
+
+
+def _resolved(recipe, overrides: dict) -> Recipe:
     base = _dotted(recipe.to_dict()) if isinstance(recipe, Recipe) else {}
     values = {key: os.fspath(v) if isinstance(v, os.PathLike) else v for key, v in {**base, **_dotted(overrides)}.items()}
     # JSON is YAML: each value reads back as the same Python value through the recipe's override parser. Unicode is
     # written as itself: an escaped emoji (a surrogate pair) would read back from YAML as two lone surrogates.
     pairs = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in values.items()]
-    return run(load_recipe(None if isinstance(recipe, Recipe) else recipe, pairs), overwrite=overwrite)
+    return load_recipe(None if isinstance(recipe, Recipe) else recipe, pairs)
 
 
 def _check_types(recipe, overwrite) -> None:
