@@ -101,3 +101,21 @@ def test_bad_input_is_refused_before_any_training(tiny_dir, tmp_path, capsys, mo
     assert code == 2, output
     assert expected in output and "Traceback" not in output
     assert not (out / "reference").exists()
+
+
+SUMS = [{"q": f"{a} plus {b} is", "sum": str(a + b)} for a in range(9) for b in range(9)]
+
+
+@pytest.mark.parametrize("fmt", ["completion", "text"])
+def test_compress_on_own_data_uses_the_formats_metric(tiny_dir, tmp_path, fmt):
+    data = tmp_path / "sums.jsonl"
+    records = SUMS if fmt == "completion" else [{"text": f"{r['q']} {r['sum']}. " * 3} for r in SUMS]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    own = [f"data.source={data}", f"data.format={fmt}", "data.n_train=24", "data.max_length=64"]
+    own += ["data.doc_to_text='{{q}}'", "data.doc_to_target=' {{sum}}'"] if fmt == "completion" else []
+    state = compress(recipe(tiny_dir, tmp_path / "job", *own), tolerance=100.0)
+    assert state["choice"]["removed"] == 4
+    heal = state["heals"]["4"]
+    assert 10 <= heal["n"] <= 40 and 0 < heal["verify_metric"] < 1  # token probabilities of held-out records
+    assert len(state["verify_reference"]) == heal["n"]
+    assert all(0 < p < 1 for p in state["verify_reference"])  # not right / wrong: a probability per record

@@ -87,8 +87,8 @@ def compress(
     same output_dir reuses what was measured."""
     path = Path(recipe)
     extra = list(overrides or [])
-    if path.suffix not in (".yaml", ".yml"):  # a model: the default recipe on it
-        path, extra = None, [f"model.name={recipe}", *extra]
+    if path.suffix not in (".yaml", ".yml"):  # a model: the default recipe on it, into runs/compress
+        path, extra = None, [f"model.name={recipe}", "output_dir=runs/compress", *extra]
     resolved = _recipe_or_exit(path, extra)
     compress_command(resolved, tolerance, metric, runtime, quant, overwrite)
 
