@@ -264,7 +264,7 @@ class CompressConfig:
     """How ``trimllm compress`` searches for the deepest cut within ``stop.max_drop`` and proves it (README
     "Compress"). Read by that command only; ``compress: null`` (the default) means these settings."""
 
-    step: int | None = None  # blocks between candidate depths; null = a 16th of the blocks (at least 1)
+    step: int | None = None  # blocks between candidate depths; null = an 8th of the blocks (at least 1)
     max_fraction: float = 0.75  # the deepest candidate, a share of the blocks
     probes: int = 3  # short healing runs, bisecting between the estimates' safe depth and the deepest candidate
     probe_fraction: float = 0.08  # a probe's training steps, a share of the final healing's
@@ -277,7 +277,7 @@ class CompressConfig:
 
     def problems(self) -> list[str]:
         return _failed([
-            (self.step is None or self.step >= 1, f"compress.step = {self.step} must be >= 1 (null for a 16th)"),
+            (self.step is None or self.step >= 1, f"compress.step = {self.step} must be >= 1 (null for an 8th)"),
             (0 < self.max_fraction < 1, f"compress.max_fraction = {self.max_fraction} must be in (0, 1)"),
             (self.probes >= 0 and self.backoffs >= 0, "compress.probes and compress.backoffs must be >= 0"),
             (0 < self.probe_fraction <= 1, f"compress.probe_fraction = {self.probe_fraction} must be in (0, 1]"),

@@ -14,9 +14,10 @@ from statistics import NormalDist
 
 
 def candidate_depths(n_blocks: int, step: int | None, max_fraction: float) -> list[int]:
-    """Every ``step`` blocks (default a 16th of them, at least 1) up to ``max_fraction`` of the blocks; at least
-    one block always stays."""
-    step = step or max(1, n_blocks // 16)
+    """Every ``step`` blocks up to ``max_fraction`` of the blocks; at least one block always stays. The default step
+    is an 8th of the blocks (at least 1): each estimate is a validation pass, and the search must stay a small share
+    of the final healing's compute."""
+    step = step or max(1, n_blocks // 8)
     deepest = min(n_blocks - 1, int(max_fraction * n_blocks))
     return list(range(step, deepest + 1, step))
 

@@ -27,8 +27,8 @@ def search(tolerance: float, probes: int, verified_at=lambda d: True, estimate=l
 
 
 def test_candidate_depths():
-    assert ds.candidate_depths(30, None, 0.75) == list(range(1, 23))  # a 16th of 30 is 1 block
-    assert ds.candidate_depths(64, None, 0.5) == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert ds.candidate_depths(30, None, 0.75) == [3, 6, 9, 12, 15, 18, 21]  # an 8th of 30 is 3 blocks
+    assert ds.candidate_depths(64, None, 0.5) == [8, 16, 24, 32]
     assert ds.candidate_depths(4, 1, 0.99) == [1, 2, 3]  # a block always stays
 
 
