@@ -15,7 +15,9 @@ Budget and setup as study v2 (scripts/study.py: one epoch of batch 16 over 1000 
   row, read from a teacher-logit cache (top-64, ``distill.cache_k``) shared by the task x seed's arms;
 - ``oneshot-matched``: block influence on the base model, remove at once, LoRA r64 at 6e-4 for as many steps as
   ``default``'s compute buys the pruned model (ShortGPT / Gromov et al. at equal compute);
-- ``full-matched``: ``full`` trained for ``default``'s compute.
+- ``full-matched``: ``full`` trained for ``default``'s compute;
+- ``default-fullft``: ``default`` with full fine-tuning of the pruned model at 5e-5 instead of LoRA (6ND, not 4ND);
+- ``default-teacherkl``: ``default`` with the blocks chosen by ``teacher_kl`` (KL to the unpruned model's output).
 
 Training compute (the x axis): the 6ND rule per stage, in PFLOPs, counting every stage an arm needs (``full``'s
 training for the arms that start from it): a LoRA step is 4 x (block parameters) x (padded tokens) (forward and
@@ -47,12 +49,15 @@ from study import MAX_LENGTH, N_TRAIN, budget_steps, comparisons, evaluate_arm, 
 
 from trimllm.modeling import load_model
 
-ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched")
-FROM_FULL = {"default", "default-bridge", "default-bridge-kd"}  # arms that start from `full`'s model
+ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched",
+        "default-fullft", "default-teacherkl")
+FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl"}  # start from `full`
+FULL_FT_LR = 5e-5  # the -fullft arm: every weight of the pruned model trains (pruned.method: full)
 FULL_DEPTH = ("full",)  # compared at every fraction (full-matched is trained per fraction, for its compute)
 DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
 KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
 COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
+               ("default-fullft", "default"), ("default-teacherkl", "default"),
                ("default-bridge-kd", "default-bridge"), ("default-bridge-kd", "default"),
                ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"), ("oneshot-matched", "full-matched"))
 
@@ -67,7 +72,9 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
     arm_levers = {"default": [], "default-bridge": ["bridge={}"],
                   "default-bridge-kd": ["bridge={}", "distill={}", f"distill.teacher={full}",
                                         "distill.alpha=0.5", f"distill.tokens={KD_POSITIONS}", "distill.cache_k=64",
-                                        f"distill.cache_dir={cache}"]}
+                                        f"distill.cache_dir={cache}"],
+                 "default-fullft": ["lora.method=full", f"train.lr={FULL_FT_LR}"],
+                 "default-teacherkl": ["scoring.scorer=teacher_kl"]}
     return [f"model.name={full}", *DEFAULT, *cut, *arm_levers[arm]]
 
 
@@ -128,7 +135,7 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
             arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config)
         out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
                               [*overrides(arm, fraction, arm_steps, full_out / "final", cache), *accumulate(args)])
-        flops = run_flops(plan, config) + (run_flops(full_plan, config) if arm in FROM_FULL else 0.0)
+        flops = run_flops(plan, config, arm == "default-fullft") + (run_flops(full_plan, config) if arm in FROM_FULL else 0.0)
         flops += teacher_flops(task, args, config, full_params, arm)
         last = plan["stages"][-1]
         record = evaluate_arm(arm, key[2], task, seed, out, plan, 0.0, args)
