@@ -32,6 +32,9 @@ def test_every_arm_is_the_recipe_it_names(tmp_path):
     assert (shortgpt.model.name, shortgpt.lora.r, shortgpt.train.steps_per_stage) == ("smollm2-135m", 64, 190)
     assert recipe(tmp_path, "full-matched", steps=95).schedule.name == recipe(tmp_path, "full").schedule.name == "none"
     assert all(default.stop.target_fraction == 0.5 for default in (default, bridge, kd, shortgpt))
+    fullft, teacherkl = recipe(tmp_path, "default-fullft"), recipe(tmp_path, "default-teacherkl")
+    assert (fullft.lora.method, fullft.train.lr, fullft.model.name) == ("full", 5e-5, full)
+    assert (teacherkl.scoring.scorer, teacherkl.lora.r, teacherkl.train.lr) == ("teacher_kl", 64, 6e-4)
 
 
 def test_compute_counts_every_stage_and_the_matched_arms_spend_the_defaults():
