@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from _common import ROOT, command_line, parser, publish, timing_line
-from trimllm.compress import compress
+from trimllm.compression import compress
 from trimllm.depth_search import upper_bound
 from trimllm.validation import load_recipe
 

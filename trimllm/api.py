@@ -39,7 +39,7 @@ def compress(recipe: str | Path | Recipe | None = None, tolerance: float = 1.0, 
     Raises:
         trimllm.deploy_proof.DeployProofFailed: the chosen model does not reload or run as measured.
     """
-    from trimllm.compress import compress as run_compress
+    from trimllm.compression import compress as run_compress
 
     _check_types(recipe, overwrite)
     return run_compress(_resolved(recipe, overrides), tolerance, overwrite=overwrite)

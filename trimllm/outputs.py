@@ -34,7 +34,7 @@ _EXPORT = {name: "file" for name in (
 _SCORES = {"scores.json": "file", "scores.md": "file", "scores.png": "file", _TMP: "any"}
 _EVAL = {"results.json": "file", "results.md": "file", r"samples_.+\.jsonl": "file", _TMP: "any"}
 _TASKS = {r".+\.yaml": "file", r".+_test\.jsonl": "file", _TMP: "any"}  # a user data set's task (formats.write_task)
-# trimllm compress (trimllm.compress): its runs, its final model and the GGUF files of its deployment proof
+# trimllm compress (trimllm.compression): its runs, its final model and the GGUF files of its deployment proof
 _DEPLOY = {"proof.json": "file", r".+\.gguf": "file", _TMP: "any"}
 _COMPRESS = {"compress.json": "file", "compress.md": "file", "compress.png": "file", run_layout.LOCK: "file",
              r"(reference|probe_\d+|heal_\d+)": "a trimllm run", run_layout.FINAL: "a trimllm export",

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from tests.conftest import ROOT, run_cli, save_tiny
-from trimllm import compress as compress_module
+from trimllm import compression as compress_module
 from trimllm import depth_search as ds
-from trimllm.compress import compress
+from trimllm.compression import compress
 from trimllm.validation import load_recipe
 
 pytestmark = pytest.mark.integration
@@ -119,3 +119,25 @@ def test_compress_on_own_data_uses_the_formats_metric(tiny_dir, tmp_path, fmt):
     assert 10 <= heal["n"] <= 40 and 0 < heal["verify_metric"] < 1  # token probabilities of held-out records
     assert len(state["verify_reference"]) == heal["n"]
     assert all(0 < p < 1 for p in state["verify_reference"])  # not right / wrong: a probability per record
+
+
+def test_a_healed_depth_that_misses_backs_off_to_the_next_shallower(tiny_dir, tmp_path, monkeypatch):
+    from trimllm.surgery import get_plan
+
+    real_metric = compress_module._metric
+
+    def planted(model, *args):  # estimates: depths 1-2 keep the metric, deeper ones lose everything
+        return real_metric(model, *args) if len(get_plan(model).dropped) <= 2 else -5.0  # far outside 100 points
+
+    verdicts = []
+
+    def first_misses(drop, se, tolerance, confidence):
+        verdicts.append(drop)
+        return len(verdicts) > 1
+
+    monkeypatch.setattr(compress_module, "_metric", planted)
+    monkeypatch.setattr(compress_module.depth_search, "verified", first_misses)
+    state = compress(recipe(tiny_dir, tmp_path / "job"), tolerance=100.0)  # the probe at 4 passes: order [4, 2]
+    assert state["choice"]["safe_depth"] == 2 and state["choice"]["probed"] == [4]
+    assert state["choice"]["healed"] == [4, 2] and state["choice"]["removed"] == 2 and len(verdicts) == 2
+    assert json.loads((tmp_path / "job" / "final" / "config.json").read_text())["num_hidden_layers"] == 4

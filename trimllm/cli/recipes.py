@@ -98,7 +98,7 @@ def compress_command(recipe, tolerance: float | None, metric: str | None, runtim
     """Check the options against the recipe (one message, exit 2, before any work), then run the job."""
     import dataclasses
 
-    from trimllm.compress import compress
+    from trimllm.compression import compress
     from trimllm.config import CompressConfig
     from trimllm.formats import DataSource
     from trimllm.outputs import OutputError
