@@ -41,7 +41,7 @@ def compress(recipe: str | Path | Recipe | None = None, tolerance: float = 1.0, 
     """
     from trimllm.compression import compress as run_compress
 
-    _check_types(recipe, overwrite)
+    _check_types(recipe, overwrite, "compress")
     return run_compress(_resolved(recipe, overrides), tolerance, overwrite=overwrite)
 
 
@@ -54,13 +54,13 @@ def _resolved(recipe, overrides: dict) -> Recipe:
     return load_recipe(None if isinstance(recipe, Recipe) else recipe, pairs)
 
 
-def _check_types(recipe, overwrite) -> None:
+def _check_types(recipe, overwrite, name: str = "train") -> None:
     # `overwrite="no"` is truthy: it would delete a finished run. The API says what it takes instead.
     if not isinstance(overwrite, bool):
-        raise TypeError(f"trimllm.train(overwrite=...) takes True or False, got {type(overwrite).__name__} "
+        raise TypeError(f"trimllm.{name}(overwrite=...) takes True or False, got {type(overwrite).__name__} "
                         f"{overwrite!r}")
     if recipe is not None and not isinstance(recipe, (str, os.PathLike, Recipe)):
-        raise TypeError(f"trimllm.train(recipe) takes a recipe YAML path (str or os.PathLike), a "
+        raise TypeError(f"trimllm.{name}(recipe) takes a recipe YAML path (str or os.PathLike), a "
                         f"trimllm.config.Recipe or None (the defaults), got {type(recipe).__name__} {recipe!r}")
 
 

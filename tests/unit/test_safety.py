@@ -160,7 +160,7 @@ def test_drop_overwrite_refuses_an_export_holding_a_folder_of_the_users(capsys, 
     (lambda t: t.train(overwrite="no"), "overwrite=...) takes True or False, got str 'no'"),
     (lambda t: t.train(123), "takes a recipe YAML path (str or os.PathLike)"),
     (lambda t: t.load_model(None), "load_model(spec) takes a packaged name"),
-    (lambda t: t.compress(overwrite=1), "overwrite=...) takes True or False, got int 1"),
+    (lambda t: t.compress(overwrite=1), "trimllm.compress(overwrite=...) takes True or False, got int 1"),
 ])
 def test_the_python_api_refuses_wrong_types_before_any_work(call, words):
     import trimllm
