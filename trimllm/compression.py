@@ -11,8 +11,9 @@ happens at 25 %?". The job, top to bottom:
    reaches: a depth the estimates keep within the tolerance needs no probe.
 3. **Probes**: short healing runs (``compress.probe_fraction`` of the final healing's steps) bisecting the deeper
    candidates (:func:`trimllm.depth_search.probe_depths`).
-4. **Heal and verify**: the deepest depth whose probe is within the tolerance gets the recipe's whole recovery (a
-   ``tuned_oneshot`` run from the reference, as ShortGPT / Gromov et al. 2024 heal, in ``heal_DD/``) and is verified
+4. **Heal and verify**: the deepest depth whose probe is within the tolerance gets the recipe's whole recovery
+   (``tuned_oneshot``'s stage 1: the reference's lowest-ranked blocks removed at once and the pruned model trained,
+   the healing of ShortGPT / Gromov et al. 2024, run as ``oneshot`` on the reference in ``heal_DD/``) and is verified
    on held-out train-side items that no run saw: the one-sided upper bound of its paired drop against the reference
    must be within the tolerance. A miss backs off to the next shallower depth, down to the reference itself.
 5. **Proof** (:mod:`trimllm.deploy_proof`): ``final/`` reloaded by plain transformers in a fresh process; with
@@ -215,14 +216,21 @@ def healing_steps(recipe: Recipe) -> int:
 
 
 def pruned_run(job: Job, folder: str, depth: int, steps: int) -> dict:
-    """A ``tuned_oneshot`` run from the reference that removes ``depth`` blocks and heals for ``steps`` steps."""
+    """A run that removes ``depth`` blocks from the reference at once (scored on it, as ``tuned_oneshot`` scores its
+    tuned stage 0) and heals for ``steps`` steps: ``oneshot`` on the reference, one stage, so that no probe
+    validates or exports the reference again. A ``stage0`` distillation teacher is the reference itself."""
     from trimllm.pipeline import run
 
-    train = dataclasses.replace(job.recipe.train, stage0_steps=0, final_stage_steps=steps)
-    model = dataclasses.replace(job.recipe.model, name=str((job.out / "reference" / "final").resolve()))
-    recipe = sub_recipe(job, folder, model=model, train=train, schedule=ScheduleConfig("tuned_oneshot", {}),
-                        stop=StopConfig(target_fraction=depth / job.state["n_blocks"]))
-    result = run(recipe)
+    reference = str((job.out / "reference" / "final").resolve())
+    train = dataclasses.replace(job.recipe.train, stage0_steps=steps)
+    sections = {"model": dataclasses.replace(job.recipe.model, name=reference), "train": train,
+                "schedule": ScheduleConfig("oneshot", {}),
+                "stop": StopConfig(target_fraction=depth / job.state["n_blocks"])}
+    if job.recipe.distill is not None:
+        teacher = {"stage0": reference, "base": job.recipe.model.name}.get(job.recipe.distill.teacher,
+                                                                            job.recipe.distill.teacher)
+        sections["distill"] = dataclasses.replace(job.recipe.distill, teacher=teacher)
+    result = run(sub_recipe(job, folder, **sections))
     last = result["stages"][-1]
     if sorted(last["removed"]) != sorted(job.state["order"][:depth]):  # the same scorer on the same model
         logger.warning("compress: %s removed %s, the estimates' order says %s", folder, last["removed"],
@@ -232,8 +240,8 @@ def pruned_run(job: Job, folder: str, depth: int, steps: int) -> dict:
 
 
 def drop_models(run: Path, keep_final: bool) -> None:
-    """Disk: a finished probe or healing run's model folders (its stage 0 is a copy of the reference), which this
-    job wrote; its run file and report stay."""
+    """Disk: a finished probe or healing run's model folders, which this job wrote (a healing run's final/ is what
+    the job may copy); its run file and report stay."""
     for folder in [*run.glob(STAGE_GLOB), *([] if keep_final else [run / "final"])]:
         shutil.rmtree(folder, ignore_errors=True)
 

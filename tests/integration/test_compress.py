@@ -141,3 +141,13 @@ def test_a_healed_depth_that_misses_backs_off_to_the_next_shallower(tiny_dir, tm
     assert state["choice"]["safe_depth"] == 2 and state["choice"]["probed"] == [4]
     assert state["choice"]["healed"] == [4, 2] and state["choice"]["removed"] == 2 and len(verdicts) == 2
     assert json.loads((tmp_path / "job" / "final" / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_healing_distils_from_the_reference(tiny_dir, tmp_path):
+    import yaml
+
+    state = compress(recipe(tiny_dir, tmp_path / "job", "distill.alpha=0.5", "compress.max_fraction=0.34"), 100.0)
+    assert state["choice"]["removed"] == 2
+    saved = yaml.safe_load((tmp_path / "job" / "heal_02" / "resolved.yaml").read_text())
+    assert saved["distill"]["teacher"] == str((tmp_path / "job" / "reference" / "final").resolve())
+    assert saved["schedule"]["name"] == "oneshot" and saved["train"]["stage0_steps"] == 2
