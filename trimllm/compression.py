@@ -39,11 +39,11 @@ from trimllm import depth_search
 from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import CompressConfig, Recipe, ScheduleConfig, StopConfig
 from trimllm.errors import RecipeError
-from trimllm.formats import data_name, held_out_items, held_out_records, item_scores, training_data
+from trimllm.formats import data_metric, data_name, held_out_items, held_out_records, item_scores, training_data
 from trimllm.layout import STAGE_GLOB, RunDir
 from trimllm.modeling import load_model
 from trimllm.outputs import check_output
-from trimllm.rundir import lock, unlock
+from trimllm.rundir import clear, lock, unlock
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "compress.json"
@@ -106,10 +106,8 @@ def open_job(recipe: Recipe, tolerance: float, overwrite: bool) -> Job:
     lock(out)
     state_path = out / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    if state is not None and overwrite:
-        for path in out.iterdir():
-            if path.name != ".lock":
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if state is not None and overwrite:  # check_output has checked that everything in out is trimllm's
+        clear(out)
         state = None
     if state is not None and state["identity"] != identity:
         unlock(out)
@@ -270,7 +268,7 @@ def heal_and_verify(job: Job, depth: int, items: list, tokenizer) -> bool:
         drop_models(job.out / f"heal_{depth:02d}", keep_final=True)
         reference = _reference_scores(job, items, tokenizer)
         model, _ = load_model(job.out / f"heal_{depth:02d}" / "final", dtype=recipe.model.dtype)
-        metric = training_metric(recipe)
+        metric = data_metric(recipe.data)
         scores = item_scores(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
         drop, se = depth_search.paired_drop(reference, scores)
         job.state["heals"][key] = {**healed, "verify_metric": sum(scores) / len(scores), "drop": drop, "se": se,
@@ -285,17 +283,11 @@ def heal_and_verify(job: Job, depth: int, items: list, tokenizer) -> bool:
     return ok
 
 
-def training_metric(recipe: Recipe) -> str:
-    from trimllm.formats import DataSource
-
-    return DataSource.of(recipe.data).metric
-
-
 def _reference_scores(job: Job, items: list, tokenizer) -> list[float]:
     if "verify_reference" not in job.state:
         recipe = job.recipe
         model, _ = load_model(job.out / "reference" / "final", dtype=recipe.model.dtype)
-        job.state["verify_reference"] = item_scores(training_metric(recipe), model, tokenizer, items,
+        job.state["verify_reference"] = item_scores(data_metric(recipe.data), model, tokenizer, items,
                                                     recipe.scoring.batch_size, recipe.data.max_length)
         job.save()
     return job.state["verify_reference"]

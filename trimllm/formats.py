@@ -83,7 +83,7 @@ class DataSource:
     @property
     def metric(self) -> str:
         """The validation metric: accuracy for multiple choice, token probability otherwise."""
-        return "acc" if self.format == "multiple_choice" else "token_prob"
+        return format_metric(self.format)
 
     def splits(self, n_validation: int, n_calibration: int, seed: int = 0, n_train: int | None = None):
         """The train side drawn into disjoint train / validation / calibration (:func:`trimllm.data.draw_splits`);
@@ -147,17 +147,36 @@ def _items(source: DataSource, cfg, tokenizer, records: list[dict]) -> list[MCIt
     return [MCItem(tokenizer.eos_token or "", (tokenizer.decode(b),), 0) for b in blocks]
 
 
+def format_metric(fmt: str) -> str:
+    """A data format's validation metric: accuracy for multiple choice, token probability otherwise."""
+    return "acc" if fmt == "multiple_choice" else "token_prob"
+
+
+def data_metric(cfg) -> str:
+    """The validation metric of a :class:`trimllm.config.DataConfig` (a bundled set is multiple choice), without
+    reading its data."""
+    return format_metric(cfg.format if cfg.source else "multiple_choice")
+
+
 def item_scores(metric: str, model, tokenizer, items: list[MCItem], batch_size: int, max_length: int) -> list[float]:
     """Each item's own figure, for a paired comparison of two models on the same items: right (1) or wrong (0)
     under lm-eval's rule (``acc``), or its target's token probability ``exp(-mean NLL)`` (``token_prob``)."""
-    from trimllm.multiple_choice import encode_item, mc_correct, mc_logliks
+    from trimllm.multiple_choice import mc_correct
 
     if metric == "acc":
         return [float(ok) for ok in mc_correct(model, tokenizer, items, batch_size, max_length)]
+    return [math.exp(loglik / max(tokens, 1))
+            for loglik, tokens in target_logliks(model, tokenizer, items, batch_size, max_length)]
+
+
+def target_logliks(model, tokenizer, items: list[MCItem], batch_size: int, max_length: int) -> list[tuple[float, int]]:
+    """Each item's target log-likelihood and its token count (completion and text items: one choice, the target)."""
+    from trimllm.multiple_choice import encode_item, mc_logliks
+
+    # A decoded text block re-tokenizes to about its own length: a margin, so that nothing is cut.
     width = max_length + 64
     logliks = mc_logliks(model, tokenizer, items, batch_size, width)
-    return [math.exp(s[0] / max(len(encode_item(tokenizer, item, width)[1][0]), 1))
-            for s, item in zip(logliks, items, strict=True)]
+    return [(s[0], len(encode_item(tokenizer, item, width)[1][0])) for s, item in zip(logliks, items, strict=True)]
 
 
 def lm_eval_config(cfg) -> dict:
@@ -210,15 +229,12 @@ def text_blocks(tokenizer, texts: list[str], max_length: int) -> list[list[int]]
 
 def validation_metric(metric: str, model, tokenizer, items: list[MCItem], batch_size: int, max_length: int) -> float:
     """Accuracy (lm-eval's rule) or token probability ``exp(-mean NLL)`` of the items' targets."""
-    from trimllm.multiple_choice import encode_item, mc_accuracy, mc_logliks
+    from trimllm.multiple_choice import mc_accuracy
 
     if metric == "acc":
         return mc_accuracy(model, tokenizer, items, batch_size, max_length)
-    # A decoded text block re-tokenizes to about its own length: a margin, so that nothing is cut.
-    width = max_length + 64
-    logliks = mc_logliks(model, tokenizer, items, batch_size, width)
-    tokens = sum(len(encode_item(tokenizer, item, width)[1][0]) for item in items)
-    return math.exp(sum(s[0] for s in logliks) / max(tokens, 1))
+    pairs = target_logliks(model, tokenizer, items, batch_size, max_length)
+    return math.exp(sum(loglik for loglik, _ in pairs) / max(sum(tokens for _, tokens in pairs), 1))
 
 
 def write_task(cfg, folder: Path) -> Path:

@@ -65,7 +65,7 @@ def _has_content(out: Path) -> bool:
     return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
 
 
-def _clear(out: Path) -> None:
+def clear(out: Path) -> None:
     """Remove everything in ``out`` but the lock this process holds (already checked by check_replaceable)."""
     for path in out.iterdir():
         if path.name == LOCK:
@@ -90,12 +90,12 @@ def prepare(out: Path, recipe: Recipe, overwrite: bool) -> RunFile | None:
     lock(out)  # from here on this process is the only one in out
     if _has_content(out):
         if overwrite:
-            _clear(out)
+            clear(out)
         elif (changed := _changed(out, recipe)).keys and not _completed_stages(out):
             # a run that never completed a stage protects nothing: the corrected recipe starts over
             logger.warning("output_dir %s holds a run of another recipe that completed no stage: starting over", out)
             check_replaceable(out, "starting over (the run there completed no stage)")
-            _clear(out)
+            clear(out)
         elif changed.keys and {key.split(".")[0] for key in changed.keys} <= {"eval"}:
             # only the evaluation asked for changed: keep the training, redo the final evaluation
             logger.warning("output_dir %s: only eval.* changed; keeping the trained stages and evaluating again", out)

@@ -100,14 +100,14 @@ def compress_command(recipe, tolerance: float | None, metric: str | None, runtim
 
     from trimllm.compression import compress
     from trimllm.config import CompressConfig
-    from trimllm.formats import DataSource
+    from trimllm.formats import data_metric
     from trimllm.outputs import OutputError
 
     tolerance = tolerance if tolerance is not None else recipe.stop.max_drop or 1.0
     if not tolerance > 0:
         raise typer.BadParameter(f"the tolerance is the points the model may lose, > 0 (e.g. 1.0); got {tolerance}",
                                  param_hint="--tolerance")
-    own = DataSource.of(recipe.data).metric
+    own = data_metric(recipe.data)  # from the format: no data is read here
     if metric is not None and metric != own:
         raise typer.BadParameter(f"{recipe.data.format} data is measured by {own}, not {metric!r}: the tolerance is in "
                                  f"points of {own}", param_hint="--metric")
