@@ -2,8 +2,9 @@
 search's share of the compute.
 
     python scripts/bench_compress.py                                   # SciQ and Financial PhraseBank, 0.5 / 1 / 3 points
-    python scripts/bench_compress.py --tasks sciq=recipes/science.yaml --tolerances 1 --set train.stage0_steps=0 \\
+    python scripts/bench_compress.py --tasks sciq=recipes/science.yaml --set train.stage0_steps=0 \\
         --set model.name=runs/study_v3/sciq-full-0.0-0/final         # start from a full-depth fine-tune already made
+                                                                       # (rows of other tasks in --out are kept)
     python scripts/bench_compress.py --render-only                     # BENCHMARKS.md "Compress" from the JSON
 
 One compress folder per task in --work: the tolerances share its reference, estimates, probes and healed models
@@ -14,9 +15,11 @@ of interleaved rounds with their range; the noise check's verdict is shown): tim
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from _common import ROOT, command_line, parser, publish, timing_line
+
 from trimllm.compression import compress
 from trimllm.depth_search import upper_bound
 from trimllm.validation import load_recipe
@@ -37,18 +40,23 @@ def main() -> None:
     args = options.parse_args()
     markdown = ROOT / "BENCHMARKS.md"
     if args.render_only:
-        import json
-
         figures = json.loads(args.out.read_text())
         publish(figures, args.out, markdown, args.section, render(figures))
         return
-    figures = {"command": command_line("bench_compress.py", args), "runs": {}}
+    figures = previous(args.out)
     for pair in args.tasks.split(","):
         task, recipe_path = pair.split("=")
+        command = command_line("bench_compress.py", args).replace(f"--tasks {args.tasks}", f"--tasks {pair}")
         for tolerance in map(float, args.tolerances.split(",")):
             recipe = load_recipe(ROOT / recipe_path, [f"output_dir={args.work / task}", *args.set])
-            figures["runs"][f"{task} {tolerance:g}"] = row(task, tolerance, compress(recipe, tolerance))
+            figures["runs"][f"{task} {tolerance:g}"] = {**row(task, tolerance, compress(recipe, tolerance)),
+                                                         "command": command}
             publish(figures, args.out, markdown, args.section, render(figures))
+
+
+def previous(out: Path) -> dict:
+    """The figures saved so far: a run of one task keeps the other tasks' rows (each row carries its command)."""
+    return json.loads(out.read_text()) if out.exists() else {"runs": {}}
 
 
 def row(task: str, tolerance: float, state: dict) -> dict:
@@ -73,8 +81,8 @@ def row(task: str, tolerance: float, state: dict) -> dict:
 def render(figures: dict) -> str:
     head = ["task", "tolerance", "blocks removed", "verified drop (bound)", "decode f16 vs original f16",
             "decode quant vs original quant", "test acc llama.cpp (original → compressed)", "search share"]
-    lines = [f"Command: `{figures['command']}`.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    commands = dict.fromkeys(r["command"] for r in figures["runs"].values())
+    lines = [*(f"Command: `{c}`." for c in commands), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     verdicts = []
     for r in figures["runs"].values():
         test = r.get("test") or {}

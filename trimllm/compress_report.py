@@ -78,7 +78,7 @@ def plot(state: dict, path: Path) -> None:
                                  ("healed", {k: v["metric"] for k, v in state["heals"].items()}, "D-")):
         points = sorted((n - int(k), v) for k, v in figures.items())
         if points:
-            ax.plot(*zip(*points), style, label=name)
+            ax.plot(*zip(*points, strict=True), style, label=name)
     ax.plot([n], [reference], "k*", markersize=10, label="reference (full depth)")
     ax.axhspan(reference - choice["tolerance"] / 100, reference, color="green", alpha=0.15, label="tolerance")
     ax.axhline(reference, color="green", linewidth=0.8)

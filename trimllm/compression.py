@@ -39,7 +39,14 @@ from trimllm import depth_search
 from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import CompressConfig, Recipe, ScheduleConfig, StopConfig
 from trimllm.errors import RecipeError
-from trimllm.formats import data_metric, data_name, held_out_items, held_out_records, item_scores, training_data
+from trimllm.formats import (
+    data_metric,
+    data_name,
+    held_out_items,
+    held_out_records,
+    item_scores,
+    training_data,
+)
 from trimllm.layout import STAGE_GLOB, RunDir
 from trimllm.modeling import load_model
 from trimllm.outputs import check_output
