@@ -152,7 +152,7 @@ class TrainConfig:
     logging_steps: int = 5
     save_steps: int = 50  # Trainer checkpoint every N steps inside a stage, for resuming (0 = stage ends only)
     optim: str = "auto"  # auto = adamw_torch (paged_adamw_8bit for qlora), or any Trainer optim name
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = "auto"  # auto: on from 1 B parameters (trimllm.methods.checkpointing)
     fsdp: str = ""  # passed to TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
     fsdp_config: dict | None = None
     deepspeed: str | None = None  # path of a DeepSpeed JSON config, passed to TrainingArguments.deepspeed
@@ -169,13 +169,14 @@ class TrainConfig:
              "train.final_stage_steps must be >= 1, or null for steps_per_stage"),
             (self.stage0_steps is None or self.stage0_steps >= 0,
              "train.stage0_steps must be >= 0 (0 = stage 0 does not train), or null for steps_per_stage"),
+            (self.gradient_checkpointing in (True, False, "auto"),
+             f"train.gradient_checkpointing = {self.gradient_checkpointing!r} must be true, false or auto"),
             (self.lr > 0, "train.lr must be > 0"),
             (math.isfinite(self.lr), f"train.lr = {self.lr} must be a finite number, e.g. 2e-4"),
             *[(value >= 1, f"train.{name} = {value} must be >= 1") for name, value in (
                 ("batch_size", self.batch_size), ("grad_accum", self.grad_accum), ("logging_steps", self.logging_steps))],
             (0 <= self.warmup_ratio < 1, f"train.warmup_ratio = {self.warmup_ratio} must be in [0, 1) (a share of a stage's steps)"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"train.weight_decay = {self.weight_decay} must be >= 0")])
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"train.weight_decay = {self.weight_decay} must be >= 0")])
 
 
 @dataclass

@@ -223,7 +223,7 @@ def train_stage(model: nn.Module, tokenizer, examples: list[dict], recipe: Recip
         pld = ProgressiveLayerDrop(unwrap(trainee), recipe.pld.theta_bar, recipe.pld.gamma, seed=recipe.train.seed)
         stage_callbacks.append(pld_callback(pld, spec.pld_offset))
     with _tensorboard_dir(files.tensorboard or work_dir / "tensorboard"):
-        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, spec, method),
+        trainer = StageTrainer(model=trainee, args=training_arguments(recipe, work_dir, spec, method, model),
                                train_dataset=examples, callbacks=stage_callbacks, group_by_length=recipe.train.group_by_length,
                                data_collator=_collator(tokenizer, distiller),
                                distiller=distiller)
@@ -293,13 +293,15 @@ def _attention_kernels():
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def training_arguments(recipe: Recipe, work_dir: Path, spec: StageSpec | int = 0, method=None):
+def training_arguments(recipe: Recipe, work_dir: Path, spec: StageSpec | int = 0, method=None,
+                       model: nn.Module | None = None):
     """The stage's TrainingArguments (``spec``: the stage's :class:`trimllm.stages.StageSpec`, or a stage number:
-    that stage of an unpruned model). ``train.batch_size`` is the global batch: it is split over the processes of
-    a distributed launch, so one recipe trains the same way on 1 or N processes."""
+    that stage of an unpruned model; ``model``: what it trains, for ``gradient_checkpointing: auto``).
+    ``train.batch_size`` is the global batch: it is split over the processes of a distributed launch, so one
+    recipe trains the same way on 1 or N processes."""
     from transformers import TrainingArguments
 
-    from trimllm.methods import for_recipe
+    from trimllm.methods import checkpointing, for_recipe
 
     cfg = recipe.train
     spec = stage_spec(recipe, spec, pruned=False) if isinstance(spec, int) else spec
@@ -318,7 +320,7 @@ def training_arguments(recipe: Recipe, work_dir: Path, spec: StageSpec | int = 0
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
         weight_decay=cfg.weight_decay,
         optim=optim,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=checkpointing(cfg.gradient_checkpointing, model),
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if checkpoints else "no",
         save_steps=cfg.save_steps if checkpoints else 500,

@@ -61,6 +61,18 @@ def is_sharded(recipe) -> bool:
     return bool(recipe.train.fsdp) or bool(recipe.train.deepspeed)
 
 
+CHECKPOINTING_PARAMS = 1e9  # train.gradient_checkpointing: auto turns it on from this size (README "Sizes and memory")
+
+
+def checkpointing(setting: bool | str, model: nn.Module | None) -> bool:
+    """``train.gradient_checkpointing`` for ``model``: ``auto`` is on from 1 B parameters. A LoRA step of a 1 B
+    model keeps every block's float32 activations otherwise: at batch 8 x 512 tokens that is more than a 24 GB host
+    holds (scripts/bench_scale.py); recomputing them costs about a third more compute."""
+    if setting != "auto":
+        return bool(setting)
+    return model is not None and model.num_parameters() >= CHECKPOINTING_PARAMS
+
+
 METHODS.discover(__name__)
 
-__all__ = ["METHODS", "Sharded", "for_recipe", "is_sharded"]
+__all__ = ["METHODS", "Sharded", "checkpointing", "for_recipe", "is_sharded"]

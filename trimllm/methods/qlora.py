@@ -23,9 +23,11 @@ class Qlora(Lora):
     def prepare(self, model: nn.Module, tokenizer, recipe, spec, work_dir) -> nn.Module:
         from peft import prepare_model_for_kbit_training
 
+        from trimllm.methods import checkpointing
+
         quantized = quantized_copy(model, tokenizer, work_dir / "base")
-        quantized = prepare_model_for_kbit_training(quantized,
-                                                    use_gradient_checkpointing=recipe.train.gradient_checkpointing)
+        quantized = prepare_model_for_kbit_training(
+            quantized, use_gradient_checkpointing=checkpointing(recipe.train.gradient_checkpointing, model))
         return super().prepare(quantized, tokenizer, recipe, spec, work_dir)
 
     def merge(self, model: nn.Module, trainee: nn.Module, trainer=None) -> nn.Module:
