@@ -78,6 +78,7 @@ def measure_family(family: str, args) -> dict:
 
     work = args.work / family
     base = work / "model"
+    noise = TimingNoise().start()
     built = run_child({"step": "build", "family": family, "out": str(base)}, args)
     steps = {}
     for step in args.steps.split(","):
@@ -88,7 +89,7 @@ def measure_family(family: str, args) -> dict:
         print(family, step, json.dumps(steps[step]), flush=True)
     shutil.rmtree(work)
     return {"config": FAMILIES[family], "params": built["params"], "build": built, "steps": steps,
-            "context": context_memory(family, steps, args), "environment": machine()}
+            "context": context_memory(family, steps, args), "environment": machine(), "noise": noise.verdict({})}
 
 
 def run_child(spec: dict, args) -> dict:
@@ -154,7 +155,8 @@ def render(figures: dict) -> str:
             at = ", ".join(f"{n} tokens: {gb} GB" for n, gb in c["lora_step_gb"].items())
             lines += ["", f"LoRA step at longer rows (computed from the two measured lengths, {c['per_token_mb']} MB "
                       f"per token, linear as with flash / memory-efficient attention): {at}."]
-        lines.append("")
+        lines += ["", timing_line(f.get("noise")), ""]
+    lines += sizes(figures)
     plain = figures.get("plain")
     if plain:
         lines += ["### trimllm's stage trainer against a plain Trainer + peft loop", "", f"Command: `{plain['command']}`.",
@@ -165,6 +167,43 @@ def render(figures: dict) -> str:
                   f"(trimllm's default length-grouped batches); target >= 0.95x: "
                   f"{'met' if plain['ratio'] >= 0.95 else 'NOT met'}.", "", timing_line(plain["noise"])]
     return "\n".join(lines) + "\n"
+
+
+SIZED = ["llama-3.2-1b", "qwen2.5-1.5b", "gemma-3-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen3-8b"]
+
+
+def params(family: str) -> int:
+    """The family's parameter count, from its config on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(FAMILIES[family])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(values.pop("model_type"), **values))
+    return sum(p.numel() for p in model.parameters())
+
+
+def sizes(figures: dict) -> list[str]:
+    """What each step needs by size: weights from the parameter count (bytes per parameter), activations from the
+    per-token cost measured on a 1 B shape, scaled by hidden size x blocks. Computed, and labelled so."""
+    measured = {f: r["context"]["per_token_mb"] for f, r in figures["families"].items() if r.get("context")}
+    if not measured:
+        return []
+    ref, per_token = next(iter(measured.items()))
+    width = {f: FAMILIES[f]["hidden_size"] * FAMILIES[f]["num_hidden_layers"] for f in SIZED}
+    lines = ["### Sizes and memory (computed)", "",
+             f"Weights: 4 bytes per parameter (float32, CPU), 2 (bfloat16, GPU), about 0.56 (QLoRA's NF4 copy). "
+             f"Full fine-tuning with AdamW: 16 bytes per parameter (weights, gradients, two moments; split over the "
+             f"GPUs by FSDP). LoRA activations per token with checkpointing: {per_token} MB measured on {ref} "
+             "(the peak difference between two row lengths), scaled by hidden size x blocks for the others.", "",
+             "| family | parameters | weights fp32 / bf16 GB | LoRA step, 8 x 512 tokens, GB (fp32 CPU) | "
+             "QLoRA device GB (weights) | full fine-tune GB |", "|---|---|---|---|---|---|"]
+    for family in SIZED:
+        n = params(family)
+        act = per_token * width[family] / width[ref] * 8 * 512 / 1024
+        lines.append(f"| {family} | {n / 1e9:.2f} B | {4 * n / 2**30:.1f} / {2 * n / 2**30:.1f} | "
+                     f"{4 * n / 2**30 + act:.1f} | {0.56 * n / 2**30:.1f} | {16 * n / 2**30:.0f} |")
+    return lines + [""]
 
 
 def _note(step: str, r: dict) -> str:

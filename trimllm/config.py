@@ -336,9 +336,9 @@ class Recipe:
 # Run options: how a run is carried out and logged, not what it computes. They are outside the run's identity, so
 # a killed run resumes after they change (rundir._changed); everything else names the method and its data.
 RUN_OPTIONS = frozenset({
-    "output_dir",
-    "train.logging_steps", "train.report_to", "train.save_steps",  # logging, trackers, checkpoint cadence
+    "output_dir", "train.logging_steps", "train.report_to", "train.save_steps",  # where, logging, trackers, checkpoints
     "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
+    "train.gradient_checkpointing",  # recomputed activations: memory, not the training (tests/integration/test_scale_script.py)
     "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
     "distill.cache_dir",  # where the teacher's cached logits are kept (a cache is keyed by what it holds)
     "eval.batch_size",  # lm-eval's batching of the final evaluation (the same documents, the same metric)

@@ -173,7 +173,7 @@ def test_a_progressive_run_saved_under_the_former_order_default_resumes_only_whe
 
 
 def test_a_killed_run_resumes_after_its_run_options_changed(tiny_dir, tmp_path):
-    """Logging, trackers and checkpoint cadence (config.RUN_OPTIONS) are not the run's identity: a run killed
+    """Logging, trackers, checkpoint cadence and checkpointing (config.RUN_OPTIONS) are not the run's identity: a run killed
     mid-stage resumes under new values of them to the plan and model of an uninterrupted run, and resolved.yaml
     then names the new values. A key of the method changed as well is still refused."""
     import yaml
@@ -182,7 +182,7 @@ def test_a_killed_run_resumes_after_its_run_options_changed(tiny_dir, tmp_path):
     out = tmp_path / "killed"
     overrides = kill_run(tiny_dir, out, "1:2", [])
     changed = [*overrides, "train.logging_steps=1", "train.report_to=tensorboard", "export.stages=final",
-               "eval.batch_size=3"]
+               "eval.batch_size=3", "train.gradient_checkpointing=true"]  # a run of v0.3 saved false: memory only
     with pytest.raises(FileExistsError, match=r"different recipe \(train\.lr: 0\.0003 -> 0\.001\)"):
         run(load_recipe(ROOT / "recipes" / "smoke.yaml", [*changed, "train.lr=1e-3"]))
     resumed = run(load_recipe(ROOT / "recipes" / "smoke.yaml", changed))
