@@ -45,6 +45,7 @@ from trimllm.formats import (
     held_out_items,
     held_out_records,
     item_scores,
+    test_task,
     training_data,
 )
 from trimllm.layout import STAGE_GLOB, RunDir
@@ -165,14 +166,20 @@ def reference_run(job: Job) -> Path:
 
 
 def check_verification(job: Job) -> None:
-    """Refuse a recipe whose draw leaves too few held-out records to verify on (:func:`held_out_records`)."""
+    """Refuse a recipe whose draw leaves too few held-out records to verify on (:func:`held_out_records`), or whose
+    bundled data set no single lm-eval task tests (the proof's test side: a set of subset tasks)."""
     cfg = job.recipe.data
     found = len(held_out_records(cfg, job.settings.verify_items))
-    if found < MIN_VERIFY:
+    problems = [f"compress verifies on train-side records that no run trains on, but data.n_train = {cfg.n_train} "
+                f"leaves {found} of {data_name(cfg)} (at least {MIN_VERIFY} needed): set data.n_train lower"
+                ] if found < MIN_VERIFY else []
+    if not cfg.source and test_task(cfg) == cfg.task:
+        problems.append(f"compress proves its model on the test side of data.task, but {cfg.task} is a set of subset "
+                        "tasks with no single test task: compress on one subset (its records as data.source), or "
+                        "use `trimllm train`")
+    if problems:
         unlock(job.out)
-        raise RecipeError([f"compress verifies on train-side records that no run trains on, but data.n_train = "
-                           f"{cfg.n_train} leaves {found} of {data_name(cfg)} (at least {MIN_VERIFY} needed): set "
-                           "data.n_train lower"], "recipe")
+        raise RecipeError(problems, "recipe")
 
 
 def verification_items(job: Job, tokenizer) -> list:

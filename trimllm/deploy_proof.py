@@ -78,12 +78,12 @@ def gguf_file(folder: Path, path: Path, quant: str) -> Path:
 def test_accuracy(gguf: Path, recipe: Recipe, out: Path, limit: int | None) -> dict:
     """The recipe's task on its test side, run by llama.cpp on ``gguf`` (lm-eval's accuracy and standard error)."""
     from trimllm.evaluation import evaluate, resolve_tasks
-    from trimllm.formats import data_name
+    from trimllm.formats import test_task
     from trimllm.layout import RunDir
     from trimllm.llamacpp import LlamaCppLM
 
     include = RunDir(out / "reference").tasks
-    task = resolve_tasks([data_name(recipe.data)], include)[0]  # lm-eval's name of the task (trimllm_sciq)
+    task = resolve_tasks([test_task(recipe.data)], include)[0]  # lm-eval's name of the task (trimllm_fpb)
     results = evaluate(LlamaCppLM(gguf), None, [task], limit=limit, include_path=include)
     figures = results["results"][task]
     metric = "acc,none" if "acc,none" in figures else next(k for k in figures if k.endswith(",none") and

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from trimllm.data import draw_splits, load_side
-from trimllm.prompts import MCItem, item_from_task, mc_item, task_object
+from trimllm.prompts import MCItem, eval_task, item_from_task, mc_item, task_object
 from trimllm.user_data import content, task_name, user_sides
 
 if TYPE_CHECKING:
@@ -104,6 +104,11 @@ class DataSource:
 def data_name(cfg) -> str:
     """The data set's name: the bundled ``data.task``, or the user data set's task name."""
     return task_name(cfg) if cfg.source else cfg.task
+
+
+def test_task(cfg) -> str:
+    """The lm-eval task of the data set's test side: a user data set's own task, a bundled set's trimllm task."""
+    return task_name(cfg) if cfg.source else eval_task(cfg.task)
 
 
 def training_data(cfg, tokenizer) -> TrainingData:

@@ -75,6 +75,17 @@ def _configs() -> dict[str, Path]:
     return found
 
 
+def eval_task(name: str) -> str:
+    """lm-eval's task that evaluates bundled data set ``name`` whole (``trimllm_fpb`` for ``financial_phrasebank``);
+    ``name`` itself where none does (a set of subset tasks: its group, or a user's task)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    path = _configs().get(name)
+    if path is None or path.name.startswith("_"):
+        return name
+    return load_yaml(path, resolve_func=False).get("task", f"{PREFIX}{name}")
+
+
 @cache
 def _task(name: str):
     """lm-eval's task object for data set ``name`` (built once; its prompt methods read only the record)."""

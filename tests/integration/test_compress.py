@@ -92,6 +92,7 @@ def test_a_job_killed_mid_search_resumes_to_the_same_choice(tiny_dir, tmp_path, 
     ([], ["--quant", "q5_0"], "expected q8_0 or q4_k_m, got 'q5_0'"),
     (["data.n_train=null"], [], "leaves 0 of sciq (at least 10 needed): set data.n_train lower"),
     (["compress.confidence=1.5"], [], "compress.confidence = 1.5 must be in [0.5, 1)"),
+    (["data.task=mmlu", "data.n_train=64"], [], "mmlu is a set of subset tasks with no single test task"),
 ])
 def test_bad_input_is_refused_before_any_training(tiny_dir, tmp_path, capsys, monkeypatch, overrides, options,
                                                   expected):

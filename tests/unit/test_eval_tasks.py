@@ -75,3 +75,23 @@ def test_calibration_prompts_equal_the_evaluation_prompts(loaded, task_name, dat
         assert list(item.choices) == [" " + c for c in task.doc_to_choice(doc)]
         target = task.doc_to_target(doc)
         assert item.gold == (target if isinstance(target, int) else task.doc_to_choice(doc).index(target))
+
+
+def test_every_trainable_data_set_names_the_task_that_tests_it():
+    """``trimllm compress`` evaluates the recipe's data set on its test side through lm-eval: each bundled set a
+    recipe can train on maps to a task lm-eval knows, and that task reads the same data set."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from trimllm.prompts import _configs, eval_task
+    from trimllm.validation import load_recipe
+
+    assert eval_task("financial_phrasebank") == "trimllm_fpb" and eval_task("sciq") == "trimllm_sciq"
+    for name, path in _configs().items():
+        if path.name.startswith("_"):  # a set of subset tasks (mmlu, legalbench): none tests it whole; compress refuses it
+            assert eval_task(name) == name
+            continue
+        task = resolve_tasks([eval_task(name)])[0]
+        assert load_yaml(TASKS_DIR / f"{task}.yaml", resolve_func=False)["dataset_kwargs"]["name"] == name
+    from trimllm.formats import test_task
+
+    assert test_task(load_recipe(None, ["data.task=financial_phrasebank"]).data) == "trimllm_fpb"
