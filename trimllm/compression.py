@@ -9,13 +9,13 @@ happens at 25 %?". The job, top to bottom:
    ``compress.step`` blocks up to ``compress.max_fraction``) the lowest-ranked blocks removed, bridged when the
    recipe has ``bridge`` (ReplaceMe, Shopkhoev et al. 2025), no training. Cheap, and a floor under what healing
    reaches: a depth the estimates keep within the tolerance needs no probe.
-3. **Probes**: short healing runs (``compress.probe_fraction`` of the final healing's steps) bisecting the deeper
-   candidates (:func:`trimllm.depth_search.probe_depths`).
+3. **Probes** bisect the candidates deeper than that (:func:`trimllm.depth_search.probe_depths`): by default each
+   is the whole healing of step 4 (``compress.probe_fraction: 1``), as shorter ones under-predict it (Financial
+   PhraseBank: 12-step probes 10-33 points under the reference where a full healing keeps 50 % of the blocks).
 4. **Heal and verify**: the deepest depth whose probe is within the tolerance gets the recipe's whole recovery
-   (``tuned_oneshot``'s stage 1: the reference's lowest-ranked blocks removed at once and the pruned model trained,
-   the healing of ShortGPT / Gromov et al. 2024, run as ``oneshot`` on the reference in ``heal_DD/``) and is verified
-   on held-out train-side items that no run saw: the one-sided upper bound of its paired drop against the reference
-   must be within the tolerance. A miss backs off to the next shallower depth, down to the reference itself.
+   (``tuned_oneshot``'s stage 1 run as ``oneshot`` on the reference in ``heal_DD/``: the healing of ShortGPT /
+   Gromov et al. 2024) and is verified on held-out train-side items that no run saw: the one-sided upper bound of
+   its paired drop against the reference must be within the tolerance. A miss backs off to the next shallower one.
 5. **Proof** (:mod:`trimllm.deploy_proof`): ``final/`` reloaded by plain transformers in a fresh process; with
    llama.cpp, GGUF f16 and ``compress.quant`` checked against the log-probabilities recorded at export, the test
    side's accuracy, and speed and size beside the original's; ``compress.md`` and its plot.
@@ -35,19 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trimllm import depth_search
+from trimllm import depth_search, formats
 from trimllm.atomic import atomic_directory, write_text_atomic
 from trimllm.config import CompressConfig, Recipe, ScheduleConfig, StopConfig
 from trimllm.errors import RecipeError
-from trimllm.formats import (
-    data_metric,
-    data_name,
-    held_out_items,
-    held_out_records,
-    item_scores,
-    test_task,
-    training_data,
-)
 from trimllm.layout import STAGE_GLOB, RunDir
 from trimllm.modeling import load_model
 from trimllm.outputs import check_output
@@ -57,7 +48,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "compress.json"
 # What a recorded figure depends on: the recipe, except what only the proof, the logging or the output folder read.
 NOT_IDENTITY = {"output_dir", "stop", "eval"}
-PROOF_ONLY = {"runtime", "quant", "test_limit"}
+# Not what a figure measures: how the proof runs, and the search's policy (a probe records its own steps)
+PROOF_ONLY = {"runtime", "quant", "test_limit", "probes", "probe_fraction", "backoffs"}
 MIN_VERIFY = 10  # held-out records: fewer give no interval worth the name
 
 
@@ -87,7 +79,7 @@ def compress(recipe: Recipe, tolerance: float, overwrite: bool = False) -> dict:
         estimates(job, model, tokenizer)
         del model
         safe = depth_search.safe_depth(_by_depth(job.state["estimates"]), job.state["reference"], tolerance)
-        probed = depth_search.probe_depths(job.state["depths"], safe, lambda d: probe(job, d),
+        probed = depth_search.probe_depths(job.state["depths"], safe, lambda d: probe(job, d, verify_items, tokenizer),
                                            job.state["reference"], tolerance, job.settings.probes)
         order = depth_search.heal_order(probed, safe, job.state["reference"], tolerance, job.settings.backoffs)
         chosen = next((d for d in order if heal_and_verify(job, d, verify_items, tokenizer)), 0)
@@ -169,11 +161,11 @@ def check_verification(job: Job) -> None:
     """Refuse a recipe whose draw leaves too few held-out records to verify on (:func:`held_out_records`), or whose
     bundled data set no single lm-eval task tests (the proof's test side: a set of subset tasks)."""
     cfg = job.recipe.data
-    found = len(held_out_records(cfg, job.settings.verify_items))
+    found = len(formats.held_out_records(cfg, job.settings.verify_items))
     problems = [f"compress verifies on train-side records that no run trains on, but data.n_train = {cfg.n_train} "
-                f"leaves {found} of {data_name(cfg)} (at least {MIN_VERIFY} needed): set data.n_train lower"
+                f"leaves {found} of {formats.data_name(cfg)} (at least {MIN_VERIFY} needed): set data.n_train lower"
                 ] if found < MIN_VERIFY else []
-    if not cfg.source and test_task(cfg) == cfg.task:
+    if not cfg.source and formats.test_task(cfg) == cfg.task:
         problems.append(f"compress proves its model on the test side of data.task, but {cfg.task} is a set of subset "
                         "tasks with no single test task: compress on one subset (its records as data.source), or "
                         "use `trimllm train`")
@@ -184,7 +176,7 @@ def check_verification(job: Job) -> None:
 
 def verification_items(job: Job, tokenizer) -> list:
     """The held-out items (:func:`trimllm.formats.held_out_items`), ``compress.verify_items`` at most."""
-    return held_out_items(job.recipe.data, tokenizer, job.settings.verify_items)
+    return formats.held_out_items(job.recipe.data, tokenizer, job.settings.verify_items)
 
 
 def estimates(job: Job, model, tokenizer) -> None:
@@ -196,8 +188,8 @@ def estimates(job: Job, model, tokenizer) -> None:
     from trimllm.surgery import get_plan
 
     recipe, started = job.recipe, time.perf_counter()
-    data = training_data(recipe.data, tokenizer)
-    calibration = CalibrationSet(data_name(recipe.data), data.calibration, recipe.data.seed)
+    data = formats.training_data(recipe.data, tokenizer)
+    calibration = CalibrationSet(formats.data_name(recipe.data), data.calibration, recipe.data.seed)
     if "order" not in job.state:
         ranked = score(Inputs(recipe, model, tokenizer, calibration), "block").ranked()
         job.state["order"] = [c for c, _ in ranked]
@@ -258,14 +250,17 @@ def drop_models(run: Path, keep_final: bool) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def probe(job: Job, depth: int) -> float:
+def probe(job: Job, depth: int, items: list, tokenizer) -> float:
     """A short healing run at ``depth`` (``probe_DD/``): its validation metric. A depth already healed in full (by
-    a run at another tolerance) answers with the healed figure, which knows more."""
+    a run at another tolerance) answers with the healed figure, which knows more; with ``probe_fraction: 1`` every
+    probe is that healing (the bisection heals, and the chosen depth's healing is its probe)."""
     key = str(depth)
+    if job.settings.probe_fraction >= 1:
+        heal(job, depth, items, tokenizer)
     if key in job.state["heals"]:
         return job.state["heals"][key]["metric"]
-    if key not in job.state["probes"]:
-        steps = max(1, round(job.settings.probe_fraction * healing_steps(job.recipe)))
+    steps = max(1, round(job.settings.probe_fraction * healing_steps(job.recipe)))
+    if job.state["probes"].get(key, {}).get("steps") != steps:  # none yet, or one of another length
         job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, steps)
         job.save()
         drop_models(job.out / f"probe_{depth:02d}", keep_final=False)  # its figures are what counts
@@ -273,26 +268,31 @@ def probe(job: Job, depth: int) -> float:
     return job.state["probes"][key]["metric"]
 
 
-def heal_and_verify(job: Job, depth: int, items: list, tokenizer) -> bool:
-    """Heal ``depth`` with the recipe's whole recovery (``heal_DD/``), then verify it on the held-out ``items``
-    against the reference: whether the drop's upper bound is within the tolerance."""
+def heal(job: Job, depth: int, items: list, tokenizer) -> dict:
+    """Heal ``depth`` with the recipe's whole recovery (``heal_DD/``) and measure it on the held-out ``items``
+    against the reference (once: the figures are kept by depth)."""
     key, recipe = str(depth), job.recipe
     if key not in job.state["heals"]:
         healed = pruned_run(job, f"heal_{depth:02d}", depth, healing_steps(recipe))
         drop_models(job.out / f"heal_{depth:02d}", keep_final=True)
         reference = _reference_scores(job, items, tokenizer)
         model, _ = load_model(job.out / f"heal_{depth:02d}" / "final", dtype=recipe.model.dtype)
-        metric = data_metric(recipe.data)
-        scores = item_scores(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
+        metric = formats.data_metric(recipe.data)
+        scores = formats.item_scores(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
         drop, se = depth_search.paired_drop(reference, scores)
         job.state["heals"][key] = {**healed, "verify_metric": sum(scores) / len(scores), "drop": drop, "se": se,
                                    "n": len(scores)}
         job.save()
-    heal = job.state["heals"][key]
-    ok = depth_search.verified(heal["drop"], heal["se"], job.tolerance, job.settings.confidence)
-    bound = depth_search.upper_bound(heal["drop"], heal["se"], job.settings.confidence)
+    return job.state["heals"][key]
+
+
+def heal_and_verify(job: Job, depth: int, items: list, tokenizer) -> bool:
+    """:func:`heal`, then whether the drop's upper bound is within the tolerance."""
+    healed = heal(job, depth, items, tokenizer)
+    ok = depth_search.verified(healed["drop"], healed["se"], job.tolerance, job.settings.confidence)
+    bound = depth_search.upper_bound(healed["drop"], healed["se"], job.settings.confidence)
     logger.info("compress: healed at %d blocks removed: drop %.2f points (upper bound %.2f at %.0f %%) -> %s",
-                depth, heal["drop"], bound, 100 * job.settings.confidence,
+                depth, healed["drop"], bound, 100 * job.settings.confidence,
                 "verified" if ok else f"over the tolerance {job.tolerance}")
     return ok
 
@@ -301,24 +301,24 @@ def _reference_scores(job: Job, items: list, tokenizer) -> list[float]:
     if "verify_reference" not in job.state:
         recipe = job.recipe
         model, _ = load_model(job.out / "reference" / "final", dtype=recipe.model.dtype)
-        job.state["verify_reference"] = item_scores(data_metric(recipe.data), model, tokenizer, items,
+        job.state["verify_reference"] = formats.item_scores(formats.data_metric(recipe.data), model, tokenizer, items,
                                                     recipe.scoring.batch_size, recipe.data.max_length)
         job.save()
     return job.state["verify_reference"]
 
 
 def choice_record(job: Job, safe: int, probed: dict, order: list[int], chosen: int) -> dict:
-    """What was decided at this tolerance, and the search's cost beside the final healing's."""
-    heal = job.state["heals"].get(str(chosen))
-    runs = [job.state["probes"][str(d)] for d in probed if str(d) in job.state["probes"]]  # healed ones cost nothing more
+    """What was decided at this tolerance, and the search's cost beside the final healing's: the estimates and
+    every probe and healing run but the chosen one's (a missed healing, or a probe that was a healing, is search)."""
+    final, heals, probes = job.state["heals"].get(str(chosen)), job.state["heals"], job.state["probes"]
+    runs = [*(probes[str(d)] for d in probed if str(d) in probes),
+            *(heals[k] for k in {str(d) for d in [*probed, *order]} - {str(chosen)} if k in heals)]
     search_s = job.state.get("estimate_seconds", 0.0) + sum(r["seconds"] for r in runs)
-    search_steps = sum(r["steps"] for r in runs)
     return {"tolerance": job.tolerance, "confidence": job.settings.confidence, "safe_depth": safe,
-            "probed": sorted(probed), "healed": [d for d in order if str(d) in job.state["heals"]],
-            "removed": chosen, "n_blocks": job.state["n_blocks"],
-            "search_seconds": search_s, "search_steps": search_steps,
-            "healing_seconds": heal["seconds"] if heal else None, "healing_steps": heal["steps"] if heal else None,
-            "search_share": search_s / heal["seconds"] if heal and heal["seconds"] else None}
+            "probed": sorted(probed), "healed": [d for d in order if str(d) in heals], "removed": chosen,
+            "n_blocks": job.state["n_blocks"], "search_seconds": search_s, "search_steps": sum(r["steps"] for r in runs),
+            "healing_seconds": final["seconds"] if final else None, "healing_steps": final["steps"] if final else None,
+            "search_share": search_s / final["seconds"] if final and final["seconds"] else None}
 
 
 def write_final(job: Job, chosen: int) -> None:

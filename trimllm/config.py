@@ -267,8 +267,8 @@ class CompressConfig:
 
     step: int | None = None  # blocks between candidate depths; null = an 8th of the blocks (at least 1)
     max_fraction: float = 0.75  # the deepest candidate, a share of the blocks
-    probes: int = 3  # short healing runs, bisecting between the estimates' safe depth and the deepest candidate
-    probe_fraction: float = 0.08  # a probe's training steps, a share of the final healing's
+    probes: int = 2  # healing runs bisecting between the estimates' safe depth and the deepest candidate
+    probe_fraction: float = 1.0  # a probe's steps, a share of the final healing's (1: the healing; shorter mislead)
     verify_items: int = 1000  # held-out train-side items (after data.n_train's) for the paired verification
     confidence: float = 0.95  # one-sided: the drop's upper bound at this confidence must be within the tolerance
     backoffs: int = 2  # further healed depths tried, each shallower, when a healed model misses

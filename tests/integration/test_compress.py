@@ -152,3 +152,20 @@ def test_healing_distils_from_the_reference(tiny_dir, tmp_path):
     saved = yaml.safe_load((tmp_path / "job" / "heal_02" / "resolved.yaml").read_text())
     assert saved["distill"]["teacher"] == str((tmp_path / "job" / "reference" / "final").resolve())
     assert saved["schedule"]["name"] == "oneshot" and saved["train"]["stage0_steps"] == 2
+
+
+def test_full_length_probes_are_the_healings_they_predict(tiny_dir, tmp_path, monkeypatch):
+    """``compress.probe_fraction: 1`` (the default): the bisection heals in full, the chosen depth's healing is its
+    probe (healed once), and the search's cost counts every other run. The search policy is not part of what the
+    figures measure: the same folder reruns under another probe length."""
+    from trimllm.surgery import get_plan
+
+    real_metric = compress_module._metric
+    monkeypatch.setattr(compress_module, "_metric", lambda model, *args: real_metric(model, *args)
+                        if len(get_plan(model).dropped) <= 2 else -5.0)  # the estimates keep depths 1-2 only
+    state = compress(recipe(tiny_dir, tmp_path / "job", "compress.probe_fraction=1.0"), tolerance=100.0)
+    assert state["choice"]["probed"] == [4] and state["probes"] == {} and list(state["heals"]) == ["4"]
+    assert state["choice"]["removed"] == 4 and state["choice"]["search_seconds"] == state["estimate_seconds"]
+    assert not (tmp_path / "job" / "probe_04").exists()
+    again = compress(recipe(tiny_dir, tmp_path / "job", "compress.probe_fraction=0.5"), tolerance=100.0)
+    assert again["choice"]["removed"] == 4 and list(again["heals"]) == ["4"] and again["probes"] == {}
