@@ -42,7 +42,7 @@ from trimllm.errors import RecipeError
 from trimllm.layout import STAGE_GLOB, RunDir
 from trimllm.modeling import load_model
 from trimllm.outputs import check_output
-from trimllm.rundir import clear, lock, unlock
+from trimllm.rundir import clear, flatten, lock, unlock
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "compress.json"
@@ -109,13 +109,14 @@ def open_job(recipe: Recipe, tolerance: float, overwrite: bool) -> Job:
     if state is not None and overwrite:  # check_output has checked that everything in out is trimllm's
         clear(out)
         state = None
-    if state is not None and state["identity"] != identity:
+    saved = _measured(state["identity"]) if state is not None else None  # keys now outside it are dropped
+    if state is not None and saved != identity:
         unlock(out)
-        changed = sorted(k for k in {**identity, **state["identity"]} if identity.get(k) != state["identity"].get(k))
-        changed = [f"{k}: {state['identity'].get(k)!r} -> {identity.get(k)!r}" for k in changed]
+        changed = sorted(k for k in {**identity, **saved} if identity.get(k) != saved.get(k))
+        changed = [f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in changed]
         raise RecipeError([f"output_dir {out} holds a compress job of another recipe (changed: {', '.join(changed)}); "
                            "rerun with the same recipe to resume, set output_dir=..., or pass --overwrite"], "recipe")
-    state = state or {"identity": identity, "estimates": {}, "probes": {}, "heals": {}}
+    state = {**(state or {"estimates": {}, "probes": {}, "heals": {}}), "identity": identity}
     job = Job(out, recipe, settings, tolerance, state)
     job.state["tolerance"] = tolerance
     job.save()
@@ -125,11 +126,14 @@ def open_job(recipe: Recipe, tolerance: float, overwrite: bool) -> Job:
 def _identity(recipe: Recipe) -> dict:
     """The recipe's keys (flattened) that the measured figures depend on: not the run options, the output folder,
     the stop rules (the job sets its own), the evaluation or the proof's settings; as JSON reads them back."""
-    from trimllm.config import RUN_OPTIONS
-    from trimllm.rundir import flatten
+    return _measured(flatten(dataclasses.replace(recipe, compress=recipe.compress or CompressConfig()).to_dict()))
 
-    raw = dataclasses.replace(recipe, compress=recipe.compress or CompressConfig()).to_dict()
-    keys = {k: v for k, v in flatten(raw).items()
+
+def _measured(flat: dict) -> dict:
+    """The keys of a flattened recipe that the figures depend on (:func:`_identity`)."""
+    from trimllm.config import RUN_OPTIONS
+
+    keys = {k: v for k, v in flat.items()
             if k.split(".")[0] not in NOT_IDENTITY and k not in RUN_OPTIONS and k.removeprefix("compress.") not in PROOF_ONLY}
     return json.loads(json.dumps(keys))
 
