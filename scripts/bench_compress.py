@@ -43,19 +43,20 @@ def main() -> None:
         figures = json.loads(args.out.read_text())
         publish(figures, args.out, markdown, args.section, render(figures))
         return
-    figures = previous(args.out)
     for pair in args.tasks.split(","):
         task, recipe_path = pair.split("=")
         command = command_line("bench_compress.py", args).replace(f"--tasks {args.tasks}", f"--tasks {pair}")
         for tolerance in map(float, args.tolerances.split(",")):
             recipe = load_recipe(ROOT / recipe_path, [f"output_dir={args.work / task}", *args.set])
-            figures["runs"][f"{task} {tolerance:g}"] = {**row(task, tolerance, compress(recipe, tolerance)),
-                                                         "command": command}
+            figure = {**row(task, tolerance, compress(recipe, tolerance)), "command": command}
+            figures = previous(args.out)  # read again: another task's run may have saved rows meanwhile
+            figures["runs"][f"{task} {tolerance:g}"] = figure
             publish(figures, args.out, markdown, args.section, render(figures))
 
 
 def previous(out: Path) -> dict:
-    """The figures saved so far: a run of one task keeps the other tasks' rows (each row carries its command)."""
+    """The figures saved so far: a run of one task keeps the other tasks' rows (each row carries its command), so
+    the tasks can run one after the other or side by side."""
     return json.loads(out.read_text()) if out.exists() else {"runs": {}}
 
 

@@ -169,3 +169,16 @@ def test_full_length_probes_are_the_healings_they_predict(tiny_dir, tmp_path, mo
     assert not (tmp_path / "job" / "probe_04").exists()
     again = compress(recipe(tiny_dir, tmp_path / "job", "compress.probe_fraction=0.5"), tolerance=100.0)
     assert again["choice"]["removed"] == 4 and list(again["heals"]) == ["4"] and again["probes"] == {}
+
+
+def test_a_folder_of_another_recipe_is_refused_with_what_changed(tiny_dir, tmp_path):
+    from trimllm.errors import RecipeError
+
+    out = tmp_path / "job"
+    compress(recipe(tiny_dir, out, "compress.max_fraction=0.34"), tolerance=100.0)
+    with pytest.raises(RecipeError, match=r"holds a compress job of another recipe \(changed: train.lr: 0.0003 -> 0.001\)"):
+        compress(recipe(tiny_dir, out, "compress.max_fraction=0.34", "train.lr=1e-3"), tolerance=100.0)
+    state = json.loads((out / "compress.json").read_text())
+    state["identity"]["train.gradient_checkpointing"] = False  # a job saved before it was a run option: resumes
+    (out / "compress.json").write_text(json.dumps(state))
+    assert compress(recipe(tiny_dir, out, "compress.max_fraction=0.34"), tolerance=100.0)["choice"]["removed"] == 2
