@@ -52,6 +52,7 @@ def main() -> None:
     options.add_argument("--rounds", type=int, default=2, help="--part plain: alternating rounds")
     options.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_scale")
     options.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    options.add_argument("--step-timeout", type=int, default=1800, help="seconds one step may take")
     args = options.parse_args()
     figures = json.loads(args.out.read_text()) if args.out.exists() else {"families": {}, "plain": None}
     if args.render_only:
@@ -94,7 +95,11 @@ def measure_family(family: str, args) -> dict:
 
 def run_child(spec: dict, args) -> dict:
     """One step in a fresh process: its figures, or what went wrong (the last lines of its error output)."""
-    done = subprocess.run([sys.executable, str(STEPS_SCRIPT), json.dumps(spec)], capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, str(STEPS_SCRIPT), json.dumps(spec)], capture_output=True, text=True,
+                              timeout=args.step_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {args.step_timeout} s"}
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
