@@ -3,7 +3,9 @@ like, from its ``compress.json``. The model card of ``final/`` carries the same 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from statistics import NormalDist
 
 from trimllm.atomic import write_text_atomic
 from trimllm.depth_search import upper_bound
@@ -43,8 +45,24 @@ def markdown(state: dict) -> str:
               f"healed {choice['healed'] or 'none'}; its cost {choice['search_seconds']:.0f} s"
               + (f", {share:.0%} of the final healing's {choice['healing_seconds']:.0f} s" if share is not None else "")
               + "."]
+    lines += undecided(state)
     lines += ["", *proof_lines(proof)]
     return "\n".join(lines) + "\n"
+
+
+def undecided(state: dict) -> list[str]:
+    """The healed depths whose drop is within the tolerance but whose interval is not: how many held-out items
+    would decide (the standard error shrinks as 1 / sqrt(n))."""
+    choice, lines = state["choice"], []
+    z = NormalDist().inv_cdf(choice["confidence"])
+    for depth, heal in sorted((int(k), v) for k, v in state["heals"].items()):
+        margin = choice["tolerance"] - heal["drop"]
+        if 0 < margin < z * heal["se"]:
+            needed = math.ceil(heal["n"] * (z * heal["se"] / margin) ** 2)
+            lines.append(f"- At {depth} blocks removed the drop ({heal['drop']:+.2f}) is within the tolerance but its "
+                         f"interval is not (one-sided half-width {z * heal['se']:.2f} points on {heal['n']} held-out "
+                         f"items): about {needed} items would decide (compress.verify_items, a lower data.n_train).")
+    return [""] + lines if lines else []
 
 
 def proof_lines(proof: dict) -> list[str]:

@@ -75,3 +75,14 @@ def test_paired_drop_and_its_bound():
     assert ds.verified(-1.0, 0.0, 0.1, 0.95)
     with pytest.raises(ValueError, match="two equal lists"):
         ds.paired_drop([1], [1, 0])
+
+
+def test_the_report_says_how_many_items_would_decide_an_undecided_verification():
+    from trimllm.compress_report import undecided
+
+    heals = {"4": {"drop": 0.5, "se": 0.5, "n": 100},  # half-width 1.645 x 0.5 = 0.82 > the margin 0.5
+             "2": {"drop": 0.1, "se": 0.2, "n": 100},  # verified: 0.1 + 0.33 <= 1
+             "6": {"drop": 1.5, "se": 0.2, "n": 100}}  # the drop itself is over the tolerance
+    lines = undecided({"choice": {"tolerance": 1.0, "confidence": 0.95}, "heals": heals})
+    assert len(lines) == 2 and "At 4 blocks removed" in lines[1]
+    assert "about 271 items would decide" in lines[1]  # 100 x (1.6449 x 0.5 / 0.5)^2 = 270.6
