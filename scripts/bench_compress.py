@@ -20,6 +20,7 @@ from pathlib import Path
 
 from _common import ROOT, command_line, parser, publish, timing_line
 
+from trimllm.compress_report import undecided
 from trimllm.compression import compress
 from trimllm.depth_search import upper_bound
 from trimllm.validation import load_recipe
@@ -76,6 +77,7 @@ def row(task: str, tolerance: float, state: dict) -> dict:
             "bound": upper_bound(heal["drop"], heal["se"], choice["confidence"]) if heal else 0.0,
             "decode_speedup_f16": decode["f16"], "decode_speedup_quant_same": same_quant, "quant": quant,
             "search_share": choice["search_share"], "test": proof.get("test"), "gguf": name,
+            "undecided": [line.removeprefix("- ") for line in undecided(state) if line],
             "noise": proof.get("speed", {}).get("noise")}
 
 
@@ -92,7 +94,7 @@ def render(figures: dict) -> str:
         lines.append(f"| {r['task']} | {r['tolerance']:g} | {r['removed']} of {r['n_blocks']} "
                      f"({r['removed'] / r['n_blocks']:.0%}) | {r['drop']:+.2f} ± {r['se']:.2f} ({r['bound']:.2f}) | "
                      f"{r['decode_speedup_f16']}x | {r['decode_speedup_quant_same']}x ({r['quant']}) | {acc} | {share} |")
-        verdicts += targets(r)
+        verdicts += targets(r) + [f"- {r['task']} at {r['tolerance']:g}: {u}" for u in r.get("undecided", [])]
     noise = next((r["noise"] for r in figures["runs"].values() if r.get("noise")), None)
     return "\n".join(lines + ["", timing_line(noise), "", *verdicts]) + "\n"
 
