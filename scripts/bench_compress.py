@@ -70,7 +70,7 @@ def row(task: str, tolerance: float, state: dict) -> dict:
     name = f"removed_{choice['removed']:02d}"
     decode = {q: speed.get(f"compressed {q}", {}).get("decode_speedup") for q in ("f16", quant)}
     same_quant = None
-    if speed and quant:  # the compressed model at quant over the original at the same quant
+    if f"compressed {quant}" in speed:  # the compressed model at quant over the original at the same quant (none: no cut)
         same_quant = round(speed[f"compressed {quant}"]["decode_tok_s"] / speed[f"original {quant}"]["decode_tok_s"], 3)
     return {"task": task, "tolerance": tolerance, "removed": choice["removed"], "n_blocks": choice["n_blocks"],
             "drop": heal["drop"] if heal else 0.0, "se": heal["se"] if heal else 0.0,
