@@ -77,20 +77,23 @@ def row(task: str, tolerance: float, state: dict) -> dict:
             "bound": upper_bound(heal["drop"], heal["se"], choice["confidence"]) if heal else 0.0,
             "decode_speedup_f16": decode["f16"], "decode_speedup_quant_same": same_quant, "quant": quant,
             "search_share": choice["search_share"], "test": proof.get("test"), "gguf": name,
+            "search_steps_share": (round(choice["search_steps"] / choice["healing_steps"], 3)
+                                   if choice.get("healing_steps") else None),
             "undecided": [line.removeprefix("- ") for line in undecided(state) if line],
             "noise": proof.get("speed", {}).get("noise")}
 
 
 def render(figures: dict) -> str:
     head = ["task", "tolerance", "blocks removed", "verified drop (bound)", "decode f16 vs original f16",
-            "decode quant vs original quant", "test acc llama.cpp (original → compressed)", "search share"]
+            "decode quant vs original quant", "test acc llama.cpp (original → compressed)", "search share of the healing (time, steps)"]
     commands = dict.fromkeys(r["command"] for r in figures["runs"].values())
     lines = [*(f"Command: `{c}`." for c in commands), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     verdicts = []
     for r in figures["runs"].values():
         test = r.get("test") or {}
         acc = (f"{test['original']['value']:.3f} → {test['compressed']['value']:.3f}" if test else "")
-        share = f"{r['search_share']:.0%}" if r["search_share"] is not None else "no healing"
+        share = (f"{r['search_share']:.0%} ({r['search_steps_share']:.0%} of its steps)"
+                 if r["search_share"] is not None else "no healing")
         lines.append(f"| {r['task']} | {r['tolerance']:g} | {r['removed']} of {r['n_blocks']} "
                      f"({r['removed'] / r['n_blocks']:.0%}) | {r['drop']:+.2f} ± {r['se']:.2f} ({r['bound']:.2f}) | "
                      f"{r['decode_speedup_f16']}x | {r['decode_speedup_quant_same']}x ({r['quant']}) | {acc} | {share} |")
