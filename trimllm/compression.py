@@ -223,6 +223,10 @@ def healing_steps(recipe: Recipe) -> int:
     return recipe.train.final_stage_steps or recipe.train.steps_per_stage
 
 
+def probe_steps(job: Job) -> int:
+    return max(1, round(job.settings.probe_fraction * healing_steps(job.recipe)))
+
+
 def pruned_run(job: Job, folder: str, depth: int, steps: int) -> dict:
     """A run that removes ``depth`` blocks from the reference at once (scored on it, as ``tuned_oneshot`` scores its
     tuned stage 0) and heals for ``steps`` steps: ``oneshot`` on the reference, one stage, so that no probe
@@ -259,13 +263,10 @@ def probe(job: Job, depth: int, items: list, tokenizer) -> float:
     a run at another tolerance) answers with the healed figure, which knows more; with ``probe_fraction: 1`` every
     probe is that healing (the bisection heals, and the chosen depth's healing is its probe)."""
     key = str(depth)
-    if job.settings.probe_fraction >= 1:
-        heal(job, depth, items, tokenizer)
-    if key in job.state["heals"]:
+    if job.settings.probe_fraction >= 1 and heal(job, depth, items, tokenizer) or key in job.state["heals"]:
         return job.state["heals"][key]["metric"]
-    steps = max(1, round(job.settings.probe_fraction * healing_steps(job.recipe)))
-    if job.state["probes"].get(key, {}).get("steps") != steps:  # none yet, or one of another length
-        job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, steps)
+    if job.state["probes"].get(key, {}).get("steps") != probe_steps(job):  # none yet, or one of another length
+        job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, probe_steps(job))
         job.save()
         drop_models(job.out / f"probe_{depth:02d}", keep_final=False)  # its figures are what counts
     logger.info("compress: probe at %d blocks removed: %.4f", depth, job.state["probes"][key]["metric"])
@@ -284,8 +285,7 @@ def heal(job: Job, depth: int, items: list, tokenizer) -> dict:
         metric = formats.data_metric(recipe.data)
         scores = formats.item_scores(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
         drop, se = depth_search.paired_drop(reference, scores)
-        job.state["heals"][key] = {**healed, "verify_metric": sum(scores) / len(scores), "drop": drop, "se": se,
-                                   "n": len(scores)}
+        job.state["heals"][key] = {**healed, "verify_metric": sum(scores) / len(scores), "drop": drop, "se": se, "n": len(scores)}
         job.save()
     return job.state["heals"][key]
 
@@ -295,9 +295,8 @@ def heal_and_verify(job: Job, depth: int, items: list, tokenizer) -> bool:
     healed = heal(job, depth, items, tokenizer)
     ok = depth_search.verified(healed["drop"], healed["se"], job.tolerance, job.settings.confidence)
     bound = depth_search.upper_bound(healed["drop"], healed["se"], job.settings.confidence)
-    logger.info("compress: healed at %d blocks removed: drop %.2f points (upper bound %.2f at %.0f %%) -> %s",
-                depth, healed["drop"], bound, 100 * job.settings.confidence,
-                "verified" if ok else f"over the tolerance {job.tolerance}")
+    logger.info("compress: healed at %d blocks removed: drop %.2f points (upper bound %.2f at %.0f %%) -> %s", depth,
+                healed["drop"], bound, 100 * job.settings.confidence, "verified" if ok else f"over {job.tolerance}")
     return ok
 
 
@@ -315,7 +314,8 @@ def choice_record(job: Job, safe: int, probed: dict, order: list[int], chosen: i
     """What was decided at this tolerance, and the search's cost beside the final healing's: the estimates and
     every probe and healing run but the chosen one's (a missed healing, or a probe that was a healing, is search)."""
     final, heals, probes = job.state["heals"].get(str(chosen)), job.state["heals"], job.state["probes"]
-    runs = [*(probes[str(d)] for d in probed if str(d) in probes),
+    short = probe_steps(job) if probe_steps(job) < healing_steps(job.recipe) else None  # probes that were not healings
+    runs = [*(probes[str(d)] for d in probed if probes.get(str(d), {}).get("steps") == short),
             *(heals[k] for k in {str(d) for d in [*probed, *order]} - {str(chosen)} if k in heals)]
     search_s = job.state.get("estimate_seconds", 0.0) + sum(r["seconds"] for r in runs)
     return {"tolerance": job.tolerance, "confidence": job.settings.confidence, "safe_depth": safe,
