@@ -38,6 +38,7 @@ def main() -> None:
     options.add_argument("--tolerances", default="0.5,1,3", help="points, comma-separated")
     options.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_compress")
     options.add_argument("--set", action="append", default=[], help="a key=value override of every recipe")
+    options.add_argument("--note", default=None, help="a caveat of this run, printed under the table")
     args = options.parse_args()
     markdown = ROOT / "BENCHMARKS.md"
     if args.render_only:
@@ -49,7 +50,7 @@ def main() -> None:
         command = command_line("bench_compress.py", args).replace(f"--tasks {args.tasks}", f"--tasks {pair}")
         for tolerance in map(float, args.tolerances.split(",")):
             recipe = load_recipe(ROOT / recipe_path, [f"output_dir={args.work / task}", *args.set])
-            figure = {**row(task, tolerance, compress(recipe, tolerance)), "command": command}
+            figure = {**row(task, tolerance, compress(recipe, tolerance)), "command": command, "note": args.note}
             figures = previous(args.out)  # read again: another task's run may have saved rows meanwhile
             figures["runs"][f"{task} {tolerance:g}"] = figure
             publish(figures, args.out, markdown, args.section, render(figures))
@@ -96,10 +97,15 @@ def render(figures: dict) -> str:
                  if r["search_share"] is not None else "no healing")
         lines.append(f"| {r['task']} | {r['tolerance']:g} | {r['removed']} of {r['n_blocks']} "
                      f"({r['removed'] / r['n_blocks']:.0%}) | {r['drop']:+.2f} ± {r['se']:.2f} ({r['bound']:.2f}) | "
-                     f"{r['decode_speedup_f16']}x | {r['decode_speedup_quant_same']}x ({r['quant']}) | {acc} | {share} |")
+                     f"{_x(r['decode_speedup_f16'])} | {_x(r['decode_speedup_quant_same'])} ({r['quant']}) | {acc} | {share} |")
         verdicts += targets(r) + [f"- {r['task']} at {r['tolerance']:g}: {u}" for u in r.get("undecided", [])]
+    notes = list(dict.fromkeys(f"- {r['task']}: {r['note']}" for r in figures["runs"].values() if r.get("note")))
     noise = next((r["noise"] for r in figures["runs"].values() if r.get("noise")), None)
-    return "\n".join(lines + ["", timing_line(noise), "", *verdicts]) + "\n"
+    return "\n".join(lines + ["", timing_line(noise), *notes, "", *verdicts]) + "\n"
+
+
+def _x(ratio: float | None) -> str:
+    return f"{ratio}x" if ratio is not None else "— (no cut)"
 
 
 def targets(r: dict) -> list[str]:
