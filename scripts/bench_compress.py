@@ -93,8 +93,8 @@ def render(figures: dict) -> str:
     for r in figures["runs"].values():
         test = r.get("test") or {}
         acc = (f"{test['original']['value']:.3f} → {test['compressed']['value']:.3f}" if test else "")
-        share = (f"{r['search_share']:.0%} ({r['search_steps_share']:.0%} of its steps)"
-                 if r["search_share"] is not None else "no healing")
+        steps = f" ({r['search_steps_share']:.0%} of its steps)" if r.get("search_steps_share") is not None else ""
+        share = f"{r['search_share']:.0%}{steps}" if r["search_share"] is not None else "no healing"
         lines.append(f"| {r['task']} | {r['tolerance']:g} | {r['removed']} of {r['n_blocks']} "
                      f"({r['removed'] / r['n_blocks']:.0%}) | {r['drop']:+.2f} ± {r['se']:.2f} ({r['bound']:.2f}) | "
                      f"{_x(r['decode_speedup_f16'])} | {_x(r['decode_speedup_quant_same'])} ({r['quant']}) | {acc} | {share} |")
