@@ -315,7 +315,7 @@ def choice_record(job: Job, safe: int, probed: dict, order: list[int], chosen: i
     every probe and healing run but the chosen one's (a missed healing, or a probe that was a healing, is search)."""
     final, heals, probes = job.state["heals"].get(str(chosen)), job.state["heals"], job.state["probes"]
     short = probe_steps(job) if probe_steps(job) < healing_steps(job.recipe) else None  # probes that were not healings
-    runs = [*(probes[str(d)] for d in probed if probes.get(str(d), {}).get("steps") == short),
+    runs = [*(probes[str(d)] for d in probed if short and probes.get(str(d), {}).get("steps") == short),
             *(heals[k] for k in {str(d) for d in [*probed, *order]} - {str(chosen)} if k in heals)]
     search_s = job.state.get("estimate_seconds", 0.0) + sum(r["seconds"] for r in runs)
     return {"tolerance": job.tolerance, "confidence": job.settings.confidence, "safe_depth": safe,
