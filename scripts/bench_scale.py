@@ -195,7 +195,7 @@ def sizes(figures: dict) -> list[str]:
     if not measured:
         return []
     ref, per_token = next(iter(measured.items()))
-    width = {f: FAMILIES[f]["hidden_size"] * FAMILIES[f]["num_hidden_layers"] for f in SIZED}
+    width = {f: FAMILIES[f]["hidden_size"] * FAMILIES[f]["num_hidden_layers"] for f in FAMILIES}
     lines = ["### Sizes and memory (computed)", "",
              f"Weights: 4 bytes per parameter (float32, CPU), 2 (bfloat16, GPU), about 0.56 (QLoRA's NF4 copy). "
              f"Full fine-tuning with AdamW: 16 bytes per parameter (weights, gradients, two moments; split over the "
