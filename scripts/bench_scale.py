@@ -22,6 +22,7 @@ would (labels -100 on the prompt, logits at every position), alternating the two
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,8 +76,6 @@ def machine() -> str:
 def measure_family(family: str, args) -> dict:
     """Every step of ``args.steps`` at ``family``'s shapes, each in a child process; the model folder is removed
     after (it is ours: built here)."""
-    import shutil
-
     work = args.work / family
     base = work / "model"
     noise = TimingNoise().start()
@@ -133,7 +132,7 @@ def plain_part(args) -> dict:
                     "batch_size": args.batch_size, "train_steps": args.train_steps}
             last[name] = run_child({**spec, "grouped": name == "trimllm grouped"}, args)
             rounds[name].append(last[name].get("tokens_per_s"))
-            subprocess.run(["rm", "-rf", spec["work"]], check=False)  # our own run folder
+            shutil.rmtree(spec["work"], ignore_errors=True)  # our own run folder
     verdict = noise.verdict(rounds)
     losses = {name: figures.get("losses") for name, figures in last.items()}
     med = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
