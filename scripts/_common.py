@@ -97,7 +97,7 @@ def write_json(path: Path, figures: dict) -> None:
 def write_section(path: Path, title: str, body: str) -> None:
     """Replace (or append) the ``## title`` section of a markdown file."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here is produced by a script under scripts/.\n"
-    header = f"## {title}\n"
+    header, body = f"## {title}\n", body.rstrip("\n")
     if header in text:
         before, rest = text.split(header, 1)
         after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""

@@ -75,12 +75,12 @@ def compress(recipe: Recipe, tolerance: float, overwrite: bool = False) -> dict:
         check_verification(job)  # before any training: a draw that leaves nothing to verify on is refused
         reference = reference_run(job)
         model, tokenizer = load_model(reference, dtype=recipe.model.dtype)
-        verify_items = verification_items(job, tokenizer)
+        verify_items = formats.held_out_items(recipe.data, tokenizer, job.settings.verify_items)  # never trained on
         estimates(job, model, tokenizer)
         del model
         safe = depth_search.safe_depth(_by_depth(job.state["estimates"]), job.state["reference"], tolerance)
         probed = depth_search.probe_depths(job.state["depths"], safe, lambda d: probe(job, d, verify_items, tokenizer),
-                                           job.state["reference"], tolerance, job.settings.probes)
+                                           job.state["reference"], tolerance, job.settings.probes, known_figures(job))
         order = depth_search.heal_order(probed, safe, job.state["reference"], tolerance, job.settings.backoffs)
         chosen = next((d for d in order if heal_and_verify(job, d, verify_items, tokenizer)), 0)
         job.state["choice"] = choice_record(job, safe, probed, order, chosen)
@@ -178,11 +178,6 @@ def check_verification(job: Job) -> None:
         raise RecipeError(problems, "recipe")
 
 
-def verification_items(job: Job, tokenizer) -> list:
-    """The held-out items (:func:`trimllm.formats.held_out_items`), ``compress.verify_items`` at most."""
-    return formats.held_out_items(job.recipe.data, tokenizer, job.settings.verify_items)
-
-
 def estimates(job: Job, model, tokenizer) -> None:
     """Each candidate depth without training (the reference's lowest-ranked blocks removed, bridged per the
     recipe): its validation metric, in ``state["estimates"]``; the removal order in ``state["order"]``."""
@@ -214,9 +209,7 @@ def estimates(job: Job, model, tokenizer) -> None:
 
 
 def _metric(model, tokenizer, items, metric, recipe) -> float:
-    from trimllm.formats import validation_metric
-
-    return validation_metric(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
+    return formats.validation_metric(metric, model, tokenizer, items, recipe.scoring.batch_size, recipe.data.max_length)
 
 
 def healing_steps(recipe: Recipe) -> int:
@@ -273,6 +266,12 @@ def probe(job: Job, depth: int, items: list, tokenizer) -> float:
     return job.state["probes"][key]["metric"]
 
 
+def known_figures(job: Job) -> dict[int, float]:
+    """What :func:`probe` answers without training: healed depths, and probes of the current length."""
+    short = {int(d): r["metric"] for d, r in job.state["probes"].items() if r.get("steps") == probe_steps(job)}
+    return {**short, **{int(d): r["metric"] for d, r in job.state["heals"].items()}}
+
+
 def heal(job: Job, depth: int, items: list, tokenizer) -> dict:
     """Heal ``depth`` with the recipe's whole recovery (``heal_DD/``) and measure it on the held-out ``items``
     against the reference (once: the figures are kept by depth)."""
@@ -314,7 +313,7 @@ def choice_record(job: Job, safe: int, probed: dict, order: list[int], chosen: i
     """What was decided at this tolerance, and the search's cost beside the final healing's: the estimates and
     every probe and healing run but the chosen one's (a missed healing, or a probe that was a healing, is search)."""
     final, heals, probes = job.state["heals"].get(str(chosen)), job.state["heals"], job.state["probes"]
-    short = probe_steps(job) if probe_steps(job) < healing_steps(job.recipe) else None  # probes that were not healings
+    short = steps if (steps := probe_steps(job)) < healing_steps(job.recipe) else None  # probes that were not healings
     runs = [*(probes[str(d)] for d in probed if short and probes.get(str(d), {}).get("steps") == short),
             *(heals[k] for k in {str(d) for d in [*probed, *order]} - {str(chosen)} if k in heals)]
     search_s = job.state.get("estimate_seconds", 0.0) + sum(r["seconds"] for r in runs)

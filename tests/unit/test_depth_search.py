@@ -86,3 +86,23 @@ def test_the_report_says_how_many_items_would_decide_an_undecided_verification()
     lines = undecided({"choice": {"tolerance": 1.0, "confidence": 0.95}, "heals": heals})
     assert len(lines) == 2 and "At 4 blocks removed" in lines[1]
     assert "about 271 items would decide" in lines[1]  # 100 x (1.6449 x 0.5 / 0.5)^2 = 270.6
+
+
+def test_depths_measured_by_an_earlier_job_narrow_the_search_for_free():
+    # SciQ at 3 points: both probes missed (15, 9 blocks) while 6 (within) and 12 (over) were already healed by the
+    # job at 1 point; the search must go by them instead of healing the estimates' safe depth, 3.
+    depths, calls = [3, 6, 9, 12, 15, 18, 21], []
+    figures = {6: 0.925, 9: 0.885, 12: 0.85, 15: 0.83}
+
+    def probe(depth):
+        calls.append(depth)
+        return figures[depth]
+
+    probed = ds.probe_depths(depths, 3, probe, 0.92, 3.0, probes=2, known={6: 0.925, 12: 0.85, 18: 0.70})
+    assert calls == [9] and probed == {6: 0.925, 12: 0.85, 9: 0.885}  # the bracket 6..12 left one depth
+    assert ds.heal_order(probed, 3, 0.92, 3.0, backoffs=2) == [6, 3]
+    calls.clear()
+    assert ds.probe_depths(depths, 3, probe, 0.92, 3.0, probes=2) == {15: 0.83, 9: 0.885}  # nothing known
+    assert calls == [15, 9]
+    assert ds.probe_depths(depths, 3, probe, 0.92, 3.0, probes=2, known=figures) == {6: 0.925, 9: 0.885}
+    assert calls == [15, 9]  # all known: no probe at all

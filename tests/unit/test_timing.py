@@ -106,6 +106,13 @@ def test_the_load_meter_sees_other_processes_and_not_this_one():
     assert seen > 0.6 * cores, seen
 
 
+def test_a_child_process_this_one_waited_for_is_its_own_work():
+    meter = LoadMeter().start()
+    subprocess.run([sys.executable, "-c", "import time\nend = time.perf_counter() + 1.0\n"
+                    "while time.perf_counter() < end: pass"], check=True)
+    assert meter.stop() < 0.3
+
+
 def test_torch_threads_fit_a_restricted_affinity():
     # In a child: pin it to one core, ask torch for four threads (as it would count the machine's), fit them.
     code = ("import json, os, torch\nfrom trimllm.timing import allowed_cores, fit_threads\n"
