@@ -86,6 +86,7 @@ def measure_family(family: str, args) -> dict:
                 "max_length": args.max_length // 2 if step == "train_lora_short" else args.max_length,
                 "batch_size": args.batch_size, "train_steps": args.train_steps, "params": built["params"]}
         steps[step] = run_child(spec, args)
+        shutil.rmtree(spec["work"], ignore_errors=True)  # ours: a 1 B model per training step fills a disk
         print(family, step, json.dumps(steps[step]), flush=True)
     shutil.rmtree(work)
     return {"config": FAMILIES[family], "params": built["params"], "build": built, "steps": steps,
@@ -99,8 +100,9 @@ def run_child(spec: dict, args) -> dict:
                               timeout=args.step_timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish in {args.step_timeout} s"}
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else f"exit {done.returncode}"}
+    if done.returncode != 0:  # the exception's line, not a progress bar's
+        lines = [line for line in done.stderr.splitlines() if "Error" in line] or done.stderr.strip().splitlines()
+        return {"error": lines[-1][:300] if lines else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
