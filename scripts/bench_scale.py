@@ -162,6 +162,9 @@ def render(figures: dict) -> str:
             lines += ["", f"LoRA step at longer rows (computed from the two measured lengths, {c['per_token_mb']} MB "
                       f"per token, linear as with flash / memory-efficient attention): {at}."]
         lines += ["", timing_line(f.get("noise")), ""]
+    if not any("cuda" in f["environment"] for f in figures["families"].values()):
+        lines += ["GPU rows (llama-3.1-8b, qwen3-8b; LoRA, QLoRA, FSDP): not run, no GPU was lent to this work "
+                  "(`python scripts/bench_scale.py --families llama-3.1-8b,qwen3-8b` on one).", ""]
     lines += sizes(figures)
     plain = figures.get("plain")
     if plain:
