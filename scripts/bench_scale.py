@@ -217,7 +217,7 @@ def sizes(figures: dict) -> list[str]:
 
 def _note(step: str, r: dict) -> str:
     if step == "drop_export":
-        return f"reload in plain transformers: max |d log p| {r.get('reload_max_abs_logprob')} ({'ok' if r.get('reload_ok') else 'FAILED'})"
+        return f"reload in plain transformers: largest log-prob difference {r.get('reload_max_abs_logprob')} ({'ok' if r.get('reload_ok') else 'FAILED'})"
     if step == "gguf":
         return f"{r.get('gguf_gb')} GB f16"
     return ""

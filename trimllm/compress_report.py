@@ -21,7 +21,8 @@ def depth_rows(state: dict) -> list[list[str]]:
     for depth in sorted({*map(int, state["estimates"]), *map(int, state["probes"]), *map(int, state["heals"])}):
         key, cells = str(depth), [str(depth), str(n - depth)]
         cells.append(f"{state['estimates'][key]:.4f}" if key in state["estimates"] else "")
-        cells.append(f"{state['probes'][key]['metric']:.4f}" if key in state["probes"] else "")
+        probe = state["probes"].get(key)  # its length: a folder reused across probe_fraction keeps older probes
+        cells.append(f"{probe['metric']:.4f} ({probe['steps']} steps)" if probe else "")
         heal = state["heals"].get(key)
         cells.append(f"{heal['metric']:.4f}" if heal else "")
         cells.append(f"{heal['drop']:+.2f} ± {heal['se']:.2f} (bound {upper_bound(heal['drop'], heal['se'], confidence):.2f}, "

@@ -256,8 +256,8 @@ def probe(job: Job, depth: int, items: list, tokenizer) -> float:
     a run at another tolerance) answers with the healed figure, which knows more; with ``probe_fraction: 1`` every
     probe is that healing (the bisection heals, and the chosen depth's healing is its probe)."""
     key = str(depth)
-    if job.settings.probe_fraction >= 1 and heal(job, depth, items, tokenizer) or key in job.state["heals"]:
-        return job.state["heals"][key]["metric"]
+    if job.settings.probe_fraction >= 1 or key in job.state["heals"]:  # heal() answers a healed depth from its figures
+        return heal(job, depth, items, tokenizer)["metric"]
     if job.state["probes"].get(key, {}).get("steps") != probe_steps(job):  # none yet, or one of another length
         job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, probe_steps(job))
         job.save()

@@ -106,3 +106,12 @@ def test_depths_measured_by_an_earlier_job_narrow_the_search_for_free():
     assert calls == [15, 9]
     assert ds.probe_depths(depths, 3, probe, 0.92, 3.0, probes=2, known=figures) == {6: 0.925, 9: 0.885}
     assert calls == [15, 9]  # all known: no probe at all
+
+
+def test_the_depth_table_says_each_probes_length():
+    from trimllm.compress_report import depth_rows
+
+    state = {"reference": 0.8, "n_blocks": 30, "estimates": {"3": 0.7}, "heals": {},
+             "probes": {"3": {"metric": 0.75, "steps": 12}, "6": {"metric": 0.78, "steps": 150}}}
+    rows = depth_rows(state)
+    assert [row[3] for row in rows] == ["", "0.7500 (12 steps)", "0.7800 (150 steps)"]
