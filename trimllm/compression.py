@@ -252,16 +252,15 @@ def drop_models(run: Path, keep_final: bool) -> None:
 
 
 def probe(job: Job, depth: int, items: list, tokenizer) -> float:
-    """A short healing run at ``depth`` (``probe_DD/``): its validation metric. A depth already healed in full (by
-    a run at another tolerance) answers with the healed figure, which knows more; with ``probe_fraction: 1`` every
-    probe is that healing (the bisection heals, and the chosen depth's healing is its probe)."""
-    key = str(depth)
-    if job.settings.probe_fraction >= 1 or key in job.state["heals"]:  # heal() answers a healed depth from its figures
+    """A short healing run at ``depth`` (``probe_DD/``): its validation metric. Called only for depths without a
+    figure (:func:`known_figures` answers the others); with ``probe_fraction: 1`` every probe is that depth's
+    healing (the bisection heals, and the chosen depth's healing is its probe)."""
+    if job.settings.probe_fraction >= 1:
         return heal(job, depth, items, tokenizer)["metric"]
-    if job.state["probes"].get(key, {}).get("steps") != probe_steps(job):  # none yet, or one of another length
-        job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, probe_steps(job))
-        job.save()
-        drop_models(job.out / f"probe_{depth:02d}", keep_final=False)  # its figures are what counts
+    key = str(depth)
+    job.state["probes"][key] = pruned_run(job, f"probe_{depth:02d}", depth, probe_steps(job))
+    job.save()
+    drop_models(job.out / f"probe_{depth:02d}", keep_final=False)  # its figures are what counts
     logger.info("compress: probe at %d blocks removed: %.4f", depth, job.state["probes"][key]["metric"])
     return job.state["probes"][key]["metric"]
 

@@ -115,7 +115,8 @@ def with_range(row: dict, key: str, digits: int = 1, suffix: str = "") -> str:
 class LoadMeter:
     """CPU time other processes took on this process's cores between :meth:`start` and :meth:`stop`, as an average
     number of busy cores: busy time of those cores in ``/proc/stat`` (hypervisor steal included) minus this
-    process's own and that of the children it waited for. None where there is no ``/proc/stat`` (the load average stands in)."""
+    process's own and that of the children it waited for. None where there is no ``/proc/stat`` (the load average
+    stands in)."""
 
     def __init__(self):
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
