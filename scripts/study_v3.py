@@ -17,7 +17,10 @@ Budget and setup as study v2 (scripts/study.py: one epoch of batch 16 over 1000 
   ``default``'s compute buys the pruned model (ShortGPT / Gromov et al. at equal compute);
 - ``full-matched``: ``full`` trained for ``default``'s compute;
 - ``default-fullft``: ``default`` with full fine-tuning of the pruned model at 5e-5 instead of LoRA (6ND, not 4ND);
-- ``default-teacherkl``: ``default`` with the blocks chosen by ``teacher_kl`` (KL to the unpruned model's output).
+- ``default-teacherkl``: ``default`` with the blocks chosen by ``teacher_kl`` (KL to the unpruned model's output);
+- ``full-4x``, ``default-4x``, ``oneshot-4x``: the longer budget, 4x the training examples (and steps) for the
+  arm's last training (``default-4x`` keeps ``full``'s one-epoch stage 0; ``oneshot-4x`` is ``oneshot-matched``'s
+  recipe), capped at the task's train side less validation.
 
 Training compute (the x axis): the 6ND rule per stage, in PFLOPs, counting every stage an arm needs (``full``'s
 training for the arms that start from it): a LoRA step is 4 x (block parameters) x (padded tokens) (forward and
@@ -31,6 +34,7 @@ outcomes saved for paired tests (exact McNemar, paired bootstrap). Records are s
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -47,23 +51,32 @@ from _common import (
 from _study_check import record_key
 from study import MAX_LENGTH, N_TRAIN, budget_steps, comparisons, evaluate_arm, n_train, train_arm
 
+from trimllm.data import load_side
 from trimllm.modeling import load_model
 
 ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched",
-        "default-fullft", "default-teacherkl")
-FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl"}  # start from `full`
+        "default-fullft", "default-teacherkl", "default-4x", "oneshot-4x", "full-4x")
+FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl",
+             "default-4x"}  # start from `full`
+LONGER = 4  # the -4x arms: this many times the budget's training examples for the arm's last training
 FULL_FT_LR = 5e-5  # the -fullft arm: every weight of the pruned model trains (pruned.method: full)
-FULL_DEPTH = ("full",)  # compared at every fraction (full-matched is trained per fraction, for its compute)
+FULL_DEPTH = ("full", "full-4x")  # compared at every fraction (full-matched is trained per fraction, for its compute)
 DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
 KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
 COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
                ("default-fullft", "default"), ("default-teacherkl", "default"),
                ("default-bridge-kd", "default-bridge"), ("default-bridge-kd", "default"),
-               ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"), ("oneshot-matched", "full-matched"))
+               ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"), ("oneshot-matched", "full-matched"),
+               ("default-4x", "default"), ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"),
+               ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"))
 
 
-def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path) -> list[str]:
-    """The recipe overrides of one arm (``steps``: the pruned model's, or the matched arms' own)."""
+def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path, examples: int) -> list[str]:
+    """The recipe overrides of one arm (``steps``: the pruned model's, or the matched arms' own; ``examples``: the
+    training examples of the arm's last training)."""
+    if arm.endswith("-4x"):
+        return [*overrides(arm.replace("-4x", "-matched" if arm == "oneshot-4x" else ""), fraction, steps, full, cache,
+                           examples), f"data.n_train={examples}"]
     cut = [f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
     if arm in ("full", "full-matched"):
         return ["schedule=none", f"train.steps_per_stage={steps}"]
@@ -121,20 +134,24 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
     steps = budget_steps(task, args)
     cache = args.work / f"{task}-teacher-logits-{seed}"
     full_out, full_plan = train_arm("full", 0.0, task, seed, args, args.work, layers, None,
-                                    [*overrides("full", 0.0, steps, None, cache), *accumulate(args)])
+                                    [*overrides("full", 0.0, steps, None, cache, 0), *accumulate(args)])
     full_params = full_plan["stages"][0]["params"]
     for arm in args.arms.split(","):
         key = (task, arm, 0.0 if arm in FULL_DEPTH else fraction, seed)
         if any(record_key(r) == key for r in records):
             continue
-        arm_steps = steps
+        arm_steps, examples = steps, n_train(task, args)
+        if arm.endswith("-4x"):
+            examples = min(LONGER * examples, len(load_side(task, "train")) - args.n_validation)
+            arm_steps = math.ceil(examples / args.batch_size)
         if arm.endswith("-matched"):
             default = next((r for r in records if record_key(r) == (task, "default", fraction, seed)), None)
             if default is None:
                 raise SystemExit(f"{arm} needs the default arm's compute: run 'default' first (--arms)")
             arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config)
         out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
-                              [*overrides(arm, fraction, arm_steps, full_out / "final", cache), *accumulate(args)])
+                              [*overrides(arm, fraction, arm_steps, full_out / "final", cache, examples),
+                               *accumulate(args)])
         flops = run_flops(plan, config, arm == "default-fullft") + (run_flops(full_plan, config) if arm in FROM_FULL else 0.0)
         flops += teacher_flops(task, args, config, full_params, arm)
         last = plan["stages"][-1]
@@ -188,7 +205,6 @@ def main() -> None:
 
 def mean_tokens(task: str, tokenizer, examples: int) -> float:
     """Mean tokens of a training example (prompt + answer) over the budget's examples: the cache build's size."""
-    from trimllm.data import load_side
     from trimllm.prompts import mc_item
     from trimllm.sft import sft_examples
 
@@ -213,7 +229,7 @@ def target_lines(records: list[dict]) -> list[str]:
     lines = []
     for (task, fraction), margin in TARGETS.items():
         cell = [r for r in records if r["task"] == task and r["removed_fraction"] == fraction
-                and r["arm"] not in ("full", "full-matched")]
+                and not r["arm"].startswith("full") and not r["arm"].endswith("-4x")]  # the budget's arms
         full = next((r for r in records if r["task"] == task and r["arm"] == "full"), None)
         if not cell or full is None:
             lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): not run yet.")
@@ -227,8 +243,20 @@ def target_lines(records: list[dict]) -> list[str]:
                   if matched else "; full depth at the same compute not run yet")
         lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): best arm "
                      f"`{best['arm']}` {best['acc']:.3f} vs full depth {full['acc']:.3f} ({diff * 100:+.1f}): "
-                     f"**{status}**{versus}.")
+                     f"**{status}**{versus}.{longer_budget(records, task, fraction)}")
     return lines
+
+
+def longer_budget(records: list[dict], task: str, fraction: float) -> str:
+    """What the longer budget did: the best -4x arm against full depth at the same examples."""
+    full = next((r for r in records if r["task"] == task and r["arm"] == "full-4x"), None)
+    cell = [r for r in records if r["task"] == task and r["removed_fraction"] == fraction
+            and r["arm"].endswith("-4x") and r["arm"] != "full-4x"]
+    if not cell:
+        return ""
+    best = max(cell, key=lambda r: r["acc"])
+    versus = f" vs full depth at {LONGER}x {full['acc']:.3f} ({(best['acc'] - full['acc']) * 100:+.1f})" if full else ""
+    return f" At {LONGER}x the examples: `{best['arm']}` {best['acc']:.3f}{versus}."
 
 
 def plot(records: list[dict], path: Path) -> None:

@@ -15,9 +15,9 @@ study = runpy.run_path(str(ROOT / "scripts" / "study_v3.py"))
 CONFIG = SimpleNamespace(vocab_size=100, hidden_size=10, tie_word_embeddings=True)  # embedding: 1000 parameters
 
 
-def recipe(tmp_path, arm: str, steps: int = 63):
+def recipe(tmp_path, arm: str, steps: int = 63, examples: int = 1000):
     (tmp_path / "full" / "final").mkdir(parents=True, exist_ok=True)
-    overrides = study["overrides"](arm, 0.5, steps, tmp_path / "full" / "final", tmp_path / "cache")
+    overrides = study["overrides"](arm, 0.5, steps, tmp_path / "full" / "final", tmp_path / "cache", examples)
     return load_recipe(ROOT / "recipes" / "smoke.yaml", ["eval.tasks=[]", *overrides])
 
 
@@ -35,6 +35,16 @@ def test_every_arm_is_the_recipe_it_names(tmp_path):
     fullft, teacherkl = recipe(tmp_path, "default-fullft"), recipe(tmp_path, "default-teacherkl")
     assert (fullft.lora.method, fullft.train.lr, fullft.model.name) == ("full", 5e-5, full)
     assert (teacherkl.scoring.scorer, teacherkl.lora.r, teacherkl.train.lr) == ("teacher_kl", 64, 6e-4)
+
+
+def test_the_longer_budget_arms_are_their_one_epoch_arm_on_more_examples(tmp_path):
+    full = str(tmp_path / "full" / "final")
+    longer = {arm: recipe(tmp_path, arm, steps=250, examples=4000) for arm in ("default-4x", "oneshot-4x", "full-4x")}
+    assert all((r.data.n_train, r.train.steps_per_stage) == (4000, 250) for r in longer.values())
+    assert (longer["default-4x"].model.name, longer["default-4x"].schedule.name) == (full, "oneshot")
+    assert (longer["oneshot-4x"].model.name, longer["oneshot-4x"].lora.r) == ("smollm2-135m", 64)
+    assert longer["full-4x"].schedule.name == "none" and longer["full-4x"].model.name == "smollm2-135m"
+    assert "default-4x" in study["FROM_FULL"] and "oneshot-4x" not in study["FROM_FULL"]
 
 
 def test_compute_counts_every_stage_and_the_matched_arms_spend_the_defaults():
@@ -64,6 +74,15 @@ def test_the_targets_say_met_or_by_how_much(best, verdict):
     sciq50 = next(line for line in lines if line.startswith("- sciq at 50%"))
     assert f"**{verdict}**" in sciq50 and "`default-bridge-kd`" in sciq50 and f"{best - 0.93:+.3f}" in sciq50
     assert any("financial_phrasebank at 25%" in line and "not run yet" in line for line in lines)
+    assert "4x" not in sciq50  # no longer-budget arm has run
+
+
+def test_the_targets_say_what_the_longer_budget_did():
+    records = [record("full", 0.92), record("default", 0.75), record("default-4x", 0.86), record("oneshot-4x", 0.84),
+               {**record("full-4x", 0.93), "removed_fraction": 0.0}]
+    sciq50 = next(line for line in study["target_lines"](records) if line.startswith("- sciq at 50%"))
+    assert "best arm `default` 0.750" in sciq50  # the target is judged at the budget; the longer one is said beside
+    assert sciq50.endswith("At 4x the examples: `default-4x` 0.860 vs full depth at 4x 0.930 (-7.0).")
 
 
 def test_render_writes_the_table_and_the_plot(tmp_path):
