@@ -183,6 +183,8 @@ def main() -> None:
         return
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     records, minutes, started = previous.get("records", []), previous.get("setup", {}).get("minutes", 0.0), time.time()
+    old = previous.get("setup", {})
+    args.commands = old.get("commands", [old["command"]] if "command" in old else [])  # the runs resumed so far
     model, tokenizer = load_model(args.model)
     config, layers, env = model.config, model.config.num_hidden_layers, training_environment(model)
     args.tokens_per_example = {task: mean_tokens(task, tokenizer, n_train(task, args)) for task in args.tasks.split(",")}
@@ -214,10 +216,13 @@ def mean_tokens(task: str, tokenizer, examples: int) -> float:
 
 
 def setup(args, env: dict, minutes: float) -> dict:
-    skip = ("out", "render_only", "section", "work", "tokens_per_example")
+    """The run's settings; ``commands``: every invocation whose records the JSON holds (each runs the arms,
+    tasks and fractions it names; the budget's settings are the same in all)."""
+    skip = ("out", "render_only", "section", "work", "tokens_per_example", "commands")
+    command = command_line("study_v3.py", args, skip=skip)
     return {**{k: v for k, v in vars(args).items() if k not in skip}, **env, "n_train": N_TRAIN,
-            "minutes": round(minutes, 1), "command": command_line("study_v3.py", args, skip=skip),
-            "figures": shown_path(args.out, ROOT)}
+            "minutes": round(minutes, 1), "command": command,
+            "commands": list(dict.fromkeys([*args.commands, command])), "figures": shown_path(args.out, ROOT)}
 
 
 TARGETS = {("sciq", 0.5): -0.05, ("financial_phrasebank", 0.5): -0.01, ("sciq", 0.25): -0.01,
@@ -287,7 +292,9 @@ def markdown(figures: dict, out: Path) -> str:
     s, records = figures["setup"], figures["records"]
     png = out.with_suffix(".png")
     plot(records, png)
-    lines = [f"Command: `{s['command']}` ({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
+    commands = "; ".join(f"`{c}`" for c in s.get("commands", [s["command"]]))
+    lines = [f"Commands (each runs the tasks, fractions and arms it names; records resume one by one): {commands} "
+             f"({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
              f"{s['minutes']} min in all, resumed runs summed). Figures in `{s['figures']}`; the arms are described in "
              "`scripts/study_v3.py`.", "",
              f"**Status: {len(records)} runs so far ({', '.join(sorted({r['task'] for r in records}))}); the study "

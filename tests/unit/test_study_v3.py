@@ -97,3 +97,13 @@ def test_render_writes_the_table_and_the_plot(tmp_path):
     text = study["markdown"]({"records": records, "comparisons": comparisons, "setup": setup}, tmp_path / "v3.json")
     assert (tmp_path / "v3.png").stat().st_size > 1000
     assert "| sciq | 50% | default | 0 | 15 | 63 | 1.000 | 0.750 ± 0.010 |" in text
+
+
+def test_the_setup_keeps_every_command_whose_records_it_holds():
+    args = SimpleNamespace(model="smollm2-135m", tasks="sciq", arms="default", commands=["python scripts/study_v3.py"],
+                           out=ROOT / "x.json", render_only=False, section="S", work=ROOT / "runs", seeds="0")
+    first = study["setup"](args, {}, 1.0)
+    assert first["commands"][0] == "python scripts/study_v3.py" and len(first["commands"]) == 2
+    assert "--arms default" in first["commands"][1] and first["command"] == first["commands"][1]
+    args.commands = first["commands"]
+    assert study["setup"](args, {}, 2.0)["commands"] == first["commands"]  # a resumed run is not listed twice
