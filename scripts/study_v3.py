@@ -18,9 +18,9 @@ Budget and setup as study v2 (scripts/study.py: one epoch of batch 16 over 1000 
 - ``full-matched``: ``full`` trained for ``default``'s compute;
 - ``default-fullft``: ``default`` with full fine-tuning of the pruned model at 5e-5 instead of LoRA (6ND, not 4ND);
 - ``default-teacherkl``: ``default`` with the blocks chosen by ``teacher_kl`` (KL to the unpruned model's output);
-- ``full-4x``, ``default-4x``, ``oneshot-4x``: the longer budget, 4x the training examples (and steps) for the
-  arm's last training (``default-4x`` keeps ``full``'s one-epoch stage 0; ``oneshot-4x`` is ``oneshot-matched``'s
-  recipe), capped at the task's train side less validation.
+- ``<arm>-4x`` (``full-4x``, ``default-4x``, ``oneshot-4x``, ``default-bridge-4x``, ...): the longer budget, the
+  arm with 4x the training examples (and steps) for its last training (the ``default`` arms keep ``full``'s
+  one-epoch stage 0; ``oneshot-4x`` is ``oneshot-matched``'s recipe), capped at the train side less validation.
 
 Training compute (the x axis): the 6ND rule per stage, in PFLOPs, counting every stage an arm needs (``full``'s
 training for the arms that start from it): a LoRA step is 4 x (block parameters) x (padded tokens) (forward and
@@ -56,8 +56,7 @@ from trimllm.modeling import load_model
 
 ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched",
         "default-fullft", "default-teacherkl", "default-4x", "oneshot-4x", "full-4x")
-FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl",
-             "default-4x"}  # start from `full`
+FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl"}  # start from `full`
 LONGER = 4  # the -4x arms: this many times the budget's training examples for the arm's last training
 FULL_FT_LR = 5e-5  # the -fullft arm: every weight of the pruned model trains (pruned.method: full)
 FULL_DEPTH = ("full", "full-4x")  # compared at every fraction (full-matched is trained per fraction, for its compute)
@@ -75,8 +74,7 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
     """The recipe overrides of one arm (``steps``: the pruned model's, or the matched arms' own; ``examples``: the
     training examples of the arm's last training)."""
     if arm.endswith("-4x"):
-        return [*overrides(arm.replace("-4x", "-matched" if arm == "oneshot-4x" else ""), fraction, steps, full, cache,
-                           examples), f"data.n_train={examples}"]
+        return [*overrides(one_epoch(arm), fraction, steps, full, cache, examples), f"data.n_train={examples}"]
     cut = [f"stop.target_fraction={fraction}", f"train.steps_per_stage={steps}"]
     if arm in ("full", "full-matched"):
         return ["schedule=none", f"train.steps_per_stage={steps}"]
@@ -89,6 +87,11 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
                  "default-fullft": ["lora.method=full", f"train.lr={FULL_FT_LR}"],
                  "default-teacherkl": ["scoring.scorer=teacher_kl"]}
     return [f"model.name={full}", *DEFAULT, *cut, *arm_levers[arm]]
+
+
+def one_epoch(arm: str) -> str:
+    """The budget's arm a longer-budget arm repeats on more examples (``oneshot-4x``: ``oneshot-matched``'s recipe)."""
+    return "oneshot-matched" if arm == "oneshot-4x" else arm.removesuffix("-4x")
 
 
 def accumulate(args) -> list[str]:
@@ -109,13 +112,12 @@ def run_flops(plan: dict, model_config, full_fine_tune: bool = False) -> float:
     return sum(factor * block_params(s["params"], model_config) * s["tokens"]["padded"] for s in plan["stages"])
 
 
-def teacher_flops(task: str, args, model_config, full_params: int, arm: str) -> float:
+def teacher_flops(task: str, examples: int, args, model_config, full_params: int, arm: str) -> float:
     """The -kd arm's teacher-logit cache build: one forward of the full-depth model (LM head included) over every
     position of the training data, and the student's LM head at the KL's extra positions (x 4: forward and
     backward)."""
-    if arm != "default-bridge-kd":
+    if one_epoch(arm) != "default-bridge-kd":
         return 0.0
-    examples = n_train(task, args)
     tokens = args.tokens_per_example[task] * examples
     vh = model_config.vocab_size * model_config.hidden_size
     extra = 4 * vh * KD_POSITIONS * examples
@@ -152,8 +154,9 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
         out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
                               [*overrides(arm, fraction, arm_steps, full_out / "final", cache, examples),
                                *accumulate(args)])
-        flops = run_flops(plan, config, arm == "default-fullft") + (run_flops(full_plan, config) if arm in FROM_FULL else 0.0)
-        flops += teacher_flops(task, args, config, full_params, arm)
+        flops = run_flops(plan, config, one_epoch(arm) == "default-fullft") + (
+            run_flops(full_plan, config) if one_epoch(arm) in FROM_FULL else 0.0)
+        flops += teacher_flops(task, examples, args, config, full_params, arm)
         last = plan["stages"][-1]
         record = evaluate_arm(arm, key[2], task, seed, out, plan, 0.0, args)
         record.update(compute_pflops=round(flops / 1e15, 4), steps=last["steps"],

@@ -39,12 +39,14 @@ def test_every_arm_is_the_recipe_it_names(tmp_path):
 
 def test_the_longer_budget_arms_are_their_one_epoch_arm_on_more_examples(tmp_path):
     full = str(tmp_path / "full" / "final")
-    longer = {arm: recipe(tmp_path, arm, steps=250, examples=4000) for arm in ("default-4x", "oneshot-4x", "full-4x")}
+    longer = {arm: recipe(tmp_path, arm, steps=250, examples=4000)
+              for arm in ("default-4x", "oneshot-4x", "full-4x", "default-bridge-4x")}
     assert all((r.data.n_train, r.train.steps_per_stage) == (4000, 250) for r in longer.values())
     assert (longer["default-4x"].model.name, longer["default-4x"].schedule.name) == (full, "oneshot")
     assert (longer["oneshot-4x"].model.name, longer["oneshot-4x"].lora.r) == ("smollm2-135m", 64)
     assert longer["full-4x"].schedule.name == "none" and longer["full-4x"].model.name == "smollm2-135m"
-    assert "default-4x" in study["FROM_FULL"] and "oneshot-4x" not in study["FROM_FULL"]
+    assert longer["default-bridge-4x"].bridge is not None and longer["default-bridge-4x"].model.name == full
+    assert study["one_epoch"]("default-4x") in study["FROM_FULL"] and study["one_epoch"]("oneshot-4x") not in study["FROM_FULL"]
 
 
 def test_compute_counts_every_stage_and_the_matched_arms_spend_the_defaults():
@@ -107,3 +109,13 @@ def test_the_setup_keeps_every_command_whose_records_it_holds():
     assert "--arms default" in first["commands"][1] and first["command"] == first["commands"][1]
     args.commands = first["commands"]
     assert study["setup"](args, {}, 2.0)["commands"] == first["commands"]  # a resumed run is not listed twice
+
+
+def test_the_teacher_cache_build_counts_the_examples_the_arm_trains_on():
+    """Full depth 31,000 parameters (30,000 in blocks, a 1,000-parameter head), 100 tokens an example: the build
+    is a forward (2x) of blocks + head over every token, the KL's 16 extra positions 4x the head per example."""
+    args = SimpleNamespace(tokens_per_example={"sciq": 100.0})
+    one_epoch = 2 * 31_000 * 100 * 10 + 4 * 1_000 * 16 * 10
+    assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "default-bridge-kd") == one_epoch
+    assert study["teacher_flops"]("sciq", 40, args, CONFIG, 31_000, "default-bridge-kd-4x") == 4 * one_epoch
+    assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "default-bridge") == 0.0
