@@ -84,7 +84,10 @@ def test_the_targets_say_what_the_longer_budget_did():
                {**record("full-4x", 0.93), "removed_fraction": 0.0}]
     sciq50 = next(line for line in study["target_lines"](records) if line.startswith("- sciq at 50%"))
     assert "best arm `default` 0.750" in sciq50  # the target is judged at the budget; the longer one is said beside
-    assert sciq50.endswith("At 4x the examples: `default-4x` 0.860 vs full depth at 4x 0.930 (-7.0).")
+    assert sciq50.endswith("At 4x the examples: `default-4x` 0.860 (-6.0 against full depth at the budget; full depth "
+                           "at 4x 0.930 (-7.0)).")
+    without = study["target_lines"]([r for r in records if r["arm"] != "full-4x"])[0]
+    assert without.endswith("`default-4x` 0.860 (-6.0 against full depth at the budget; full depth at 4x not run yet).")
 
 
 def test_render_writes_the_table_and_the_plot(tmp_path):
