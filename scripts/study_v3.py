@@ -278,18 +278,22 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = sorted({(r["task"], r["removed_fraction"]) for r in records if r["arm"] != "full"})
-    figure, axes = plt.subplots(1, max(1, len(cells)), figsize=(5 * max(1, len(cells)), 4), squeeze=False)
+    cells = sorted({(r["task"], r["removed_fraction"]) for r in records if r["arm"] not in FULL_DEPTH})
+    colors = {arm: plt.get_cmap("tab20")(i % 20) for i, arm in enumerate(dict.fromkeys([*ARMS, *(r["arm"] for r in records)]))}
+    figure, axes = plt.subplots(1, max(1, len(cells)), figsize=(6.5 * max(1, len(cells)), 4.5), squeeze=False)
     for axis, (task, fraction) in zip(axes[0], cells, strict=False):
-        full = [r for r in records if r["task"] == task and r["arm"] == "full"]
-        for r in full:
-            axis.axhline(r["acc"], color="grey", linestyle="--", label=f"full depth, seed {r['seed']}")
-        for r in (r for r in records if r["task"] == task and r["removed_fraction"] == fraction and r["arm"] != "full"):
-            axis.errorbar(r["compute_pflops"], r["acc"], yerr=r["acc_stderr"], fmt="o", capsize=3,
-                          label=f"{r['arm']} (seed {r['seed']})")
+        for r in (r for r in records if r["task"] == task and r["arm"] == "full"):
+            axis.axhline(r["acc"], color="grey", linestyle="--", label=f"full depth at the budget, seed {r['seed']}")
+        for r in records:  # the cell's arms and full depth's, each point named beside it
+            if r["task"] != task or r["removed_fraction"] not in (fraction, 0.0):
+                continue
+            axis.errorbar(r["compute_pflops"], r["acc"], yerr=r["acc_stderr"], capsize=3, color=colors[r["arm"]],
+                          fmt="s" if r["arm"].startswith("full") else "o")
+            axis.annotate(r["arm"] + (f" (seed {r['seed']})" if r["seed"] else ""), (r["compute_pflops"], r["acc"]),
+                          xytext=(5, -3), textcoords="offset points", fontsize=7)
         axis.set(title=f"{task}, {fraction:.0%} of blocks removed", xlabel="training compute, PFLOPs",
                  ylabel="test accuracy")
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
