@@ -68,7 +68,8 @@ COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridg
                ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"), ("oneshot-matched", "full-matched"),
                ("default-4x", "default"), ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"),
                ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"),
-               ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"))
+               ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"),
+               ("oneshot-matched", "full"))
 
 
 def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path, examples: int) -> list[str]:
