@@ -235,41 +235,55 @@ TARGETS = {("sciq", 0.5): -0.05, ("financial_phrasebank", 0.5): -0.01, ("sciq", 
            ("financial_phrasebank", 0.25): 0.0}  # issue 31: the best arm's accuracy minus full depth's, at least
 
 
+def mean_acc(records: list[dict], task: str, arm: str, fraction: float, seeds=None) -> tuple[float, list[int]] | None:
+    """The arm's test accuracy averaged over the seeds it ran (``seeds``: only these), and those seeds."""
+    rows = [r for r in records if (r["task"], r["arm"]) == (task, arm) and (seeds is None or r["seed"] in seeds)
+            and r["removed_fraction"] == (0.0 if arm in FULL_DEPTH else fraction)]
+    return (sum(r["acc"] for r in rows) / len(rows), sorted(r["seed"] for r in rows)) if rows else None
+
+
+def best_arm(records: list[dict], task: str, fraction: float, longer: bool) -> tuple[str, float, list[int]] | None:
+    """The pruned arm with the highest seed-averaged accuracy, among the budget's arms or the longer budget's."""
+    arms = {r["arm"] for r in records if r["task"] == task and r["removed_fraction"] == fraction
+            and not r["arm"].startswith("full") and r["arm"].endswith("-4x") == longer}
+    scored = [(arm, *mean_acc(records, task, arm, fraction)) for arm in arms]
+    return max(scored, key=lambda a: a[1]) if scored else None
+
+
 def target_lines(records: list[dict]) -> list[str]:
-    """Each target's status: the best pruned arm against ``full`` (the budget) and ``full-matched`` (its compute)."""
+    """Each target's status: the best pruned arm (seeds averaged) against ``full`` on the same seeds (the budget)
+    and ``full-matched`` (its compute)."""
     lines = []
     for (task, fraction), margin in TARGETS.items():
-        cell = [r for r in records if r["task"] == task and r["removed_fraction"] == fraction
-                and not r["arm"].startswith("full") and not r["arm"].endswith("-4x")]  # the budget's arms
-        full = next((r for r in records if r["task"] == task and r["arm"] == "full"), None)
-        if not cell or full is None:
+        best = best_arm(records, task, fraction, longer=False)
+        full = best and mean_acc(records, task, "full", fraction, best[2])
+        if not best or full is None:
             lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): not run yet.")
             continue
-        best = max(cell, key=lambda r: r["acc"])
-        matched = next((r for r in records if r["task"] == task and r["arm"] == "full-matched"
-                        and r["removed_fraction"] == fraction), None)
-        diff = best["acc"] - full["acc"]
+        arm, acc, seeds = best
+        matched = mean_acc(records, task, "full-matched", fraction, seeds)
+        diff = acc - full[0]
         status = "met" if diff >= margin else f"NOT met by {(margin - diff) * 100:.1f} points"
-        versus = (f"; against full depth at the same compute ({matched['acc']:.3f}): {best['acc'] - matched['acc']:+.3f}"
+        versus = (f"; against full depth at the same compute ({matched[0]:.3f}): {acc - matched[0]:+.3f}"
                   if matched else "; full depth at the same compute not run yet")
         lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): best arm "
-                     f"`{best['arm']}` {best['acc']:.3f} vs full depth {full['acc']:.3f} ({diff * 100:+.1f}): "
+                     f"`{arm}` {acc:.3f} vs full depth {full[0]:.3f} ({diff * 100:+.1f}; "
+                     f"{'seed' if len(seeds) == 1 else 'mean of seeds'} {', '.join(map(str, seeds))}): "
                      f"**{status}**{versus}.{longer_budget(records, task, fraction)}")
     return lines
 
 
 def longer_budget(records: list[dict], task: str, fraction: float) -> str:
     """What the longer budget did: the best -4x arm against full depth at the budget and at the same examples."""
-    full = {r["arm"]: r for r in records if r["task"] == task and r["arm"] in FULL_DEPTH}
-    cell = [r for r in records if r["task"] == task and r["removed_fraction"] == fraction
-            and r["arm"].endswith("-4x") and r["arm"] != "full-4x"]
-    if not cell or "full" not in full:
+    best = best_arm(records, task, fraction, longer=True)
+    full = best and mean_acc(records, task, "full", fraction, best[2])
+    if not best or full is None:
         return ""
-    best = max(cell, key=lambda r: r["acc"])
-    versus = (f"full depth at {LONGER}x {full['full-4x']['acc']:.3f} ({(best['acc'] - full['full-4x']['acc']) * 100:+.1f})"
-              if "full-4x" in full else f"full depth at {LONGER}x not run yet")
-    return (f" At {LONGER}x the examples: `{best['arm']}` {best['acc']:.3f} ({(best['acc'] - full['full']['acc']) * 100:+.1f}"
-            f" against full depth at the budget; {versus}).")
+    arm, acc, seeds = best
+    full_4x = mean_acc(records, task, "full-4x", fraction, seeds)
+    versus = (f"full depth at {LONGER}x {full_4x[0]:.3f} ({(acc - full_4x[0]) * 100:+.1f})"
+              if full_4x else f"full depth at {LONGER}x not run yet")
+    return f" At {LONGER}x the examples: `{arm}` {acc:.3f} ({(acc - full[0]) * 100:+.1f} against full depth at the budget; {versus})."
 
 
 def plot(records: list[dict], path: Path) -> None:

@@ -122,3 +122,14 @@ def test_the_teacher_cache_build_counts_the_examples_the_arm_trains_on():
     assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "default-bridge-kd") == one_epoch
     assert study["teacher_flops"]("sciq", 40, args, CONFIG, 31_000, "default-bridge-kd-4x") == 4 * one_epoch
     assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "default-bridge") == 0.0
+
+
+def test_the_targets_average_an_arms_seeds_against_full_depth_on_the_same_seeds():
+    seed1 = [{**record(arm, acc), "seed": 1} for arm, acc in (("full", 0.90), ("default", 0.85))]
+    records = [record("full", 0.92), record("default", 0.75), record("default-bridge", 0.81), *seed1]
+    sciq50 = next(line for line in study["target_lines"](records) if line.startswith("- sciq at 50%"))
+    # the bridge's one seed (0.81) beats the default's mean (0.80), not its better seed (0.85); full on seed 0: 0.92
+    assert "best arm `default-bridge` 0.810 vs full depth 0.920 (-11.0; seed 0)" in sciq50
+    records.append({**record("default-bridge", 0.77), "seed": 1})
+    sciq50 = next(line for line in study["target_lines"](records) if line.startswith("- sciq at 50%"))
+    assert "best arm `default` 0.800 vs full depth 0.910 (-11.0; mean of seeds 0, 1)" in sciq50
