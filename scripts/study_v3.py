@@ -264,8 +264,9 @@ def target_lines(records: list[dict]) -> list[str]:
         matched = mean_acc(records, task, "full-matched", fraction, seeds)
         diff = acc - full[0]
         status = "met" if diff >= margin else f"NOT met by {(margin - diff) * 100:.1f} points"
-        versus = (f"; against full depth at the same compute ({matched[0]:.3f}): {acc - matched[0]:+.3f}"
-                  if matched else "; full depth at the same compute not run yet")
+        on = matched and mean_acc(records, task, arm, fraction, matched[1])[0]  # on the seeds both ran
+        versus = (f"; against full depth at the same compute ({matched[0]:.3f}, seeds {', '.join(map(str, matched[1]))}):"
+                  f" {on - matched[0]:+.3f}" if matched else "; full depth at the same compute not run yet")
         lines.append(f"- {task} at {fraction:.0%} (target: >= full depth {margin * 100:+.0f} points): best arm "
                      f"`{arm}` {acc:.3f} vs full depth {full[0]:.3f} ({diff * 100:+.1f}; "
                      f"{'seed' if len(seeds) == 1 else 'mean of seeds'} {', '.join(map(str, seeds))}): "
