@@ -63,13 +63,11 @@ FULL_DEPTH = ("full", "full-4x")  # compared at every fraction (full-matched is 
 DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
 KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
 COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
-               ("default-fullft", "default"), ("default-teacherkl", "default"),
-               ("default-bridge-kd", "default-bridge"), ("default-bridge-kd", "default"),
-               ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"), ("oneshot-matched", "full-matched"),
-               ("default-4x", "default"), ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"),
-               ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"),
-               ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"),
-               ("oneshot-matched", "full"))
+               ("default-fullft", "default"), ("default-teacherkl", "default"), ("default-bridge-kd", "default-bridge"),
+               ("default-bridge-kd", "default"), ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"),
+               ("oneshot-matched", "full-matched"), ("oneshot-matched", "full"), ("default-4x", "default"),
+               ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"), ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"),
+               ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"))
 
 
 def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path, examples: int) -> list[str]:
