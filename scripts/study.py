@@ -23,18 +23,17 @@ stage. Every arm trains its pruned model for exactly those steps on those exampl
   teacher or from pruning a domain-tuned model?);
 - ``oneshot-ft-partial``: the same, but partial-layer fine-tuning instead of LoRA (Lu et al. 2024: the top quarter
   of the kept blocks and the LM head trained in full, lr 5e-5; ``freeze.mode: bottom``);
-- ``oneshot-ft-r64``: the same with LoRA rank 64 (alpha 128) instead of 16;
-- ``oneshot-ft-lr``: the same with 3x the learning rate (6e-4); ``oneshot-ft-r64-lr``: both;
+- ``oneshot-ft-r64`` / ``-lr`` / ``-r64-lr``: the same with LoRA rank 64 (alpha 128) / 3x the lr (6e-4) / both;
 - ``oneshot-kd-all``: ``oneshot-kd`` with the KL at every position of prompt + answer (``distill.tokens: all``);
   ``oneshot-kd-hidden``: ``oneshot-kd`` plus Minitron's block-output cosine loss (``distill.hidden_weight: 1``).
 
-Wall time (``train_seconds``) is each arm's training run (scoring, training, validation, teacher forwards); arms
-that use the ``none`` model add its training time. Test accuracy: every test-side document, scored by trimllm's
-packed multiple-choice scorer (tests/integration/test_eval_cli.py shows it gives lm-eval's per-document
-log-likelihoods), per-item outcomes saved for the paired tests (exact McNemar and a paired bootstrap of the
-difference, 10,000 resamples, seeds pooled). General: lm-eval's ``general`` group at --general-limit documents per
-task. Records are saved after every run and runs resume: a record already in --out is skipped, a run killed
-midway continues from its stage checkpoints in --work.
+Wall time (``train_seconds``): each arm's run (scoring, training, validation, teacher forwards) + the ``none``
+model's training for the arms using it. Test accuracy: every test-side document, scored by trimllm's packed
+multiple-choice scorer (tests/integration/test_eval_cli.py shows it gives lm-eval's per-document log-likelihoods),
+per-item outcomes saved for the paired tests (exact McNemar and a paired bootstrap of the difference, 10,000
+resamples, seeds pooled). General: lm-eval's ``general`` group at --general-limit documents per task. Records are
+saved after every run and runs resume: a record already in --out is skipped, a run killed midway continues from its
+stage checkpoints in --work.
 """
 
 from __future__ import annotations
@@ -217,10 +216,12 @@ def comparisons(records: list[dict], resamples=10_000, pairs_of_arms=COMPARISONS
     return rows
 
 
-def default_arm() -> str:
-    """The arm the shipped recipes use, read from recipes/finance.yaml (all domain recipes share the method)."""
+def default_arm() -> str | None:
+    """The arm of recipes/finance.yaml (all domain recipes share the method); None since study v3 (none is it)."""
     recipe = load_recipe(ROOT / "recipes" / "finance.yaml", [])
     kd = "kd" if recipe.distill is not None else "ce"
+    if recipe.schedule.name == "oneshot" and (recipe.pruned.r or recipe.pruned.lr):
+        return None
     if recipe.schedule.name == "tuned_oneshot":  # = the oneshot-ft arm: oneshot on the none arm's tuned model
         levers = [name for name, on in (("r64", recipe.pruned.r == 64),  # the pruned model's adapter rank
                                         ("lr", (recipe.pruned.lr or 0) > recipe.train.lr)) if on]
@@ -265,8 +266,7 @@ def main() -> None:
         lm_eval_check(records, args.lm_eval_check.split(","), args)
         render(args)
         return
-    minutes = previous.get("setup", {}).get("minutes", 0.0)
-    started = time.time()
+    minutes, started = previous.get("setup", {}).get("minutes", 0.0), time.time()
     model, _ = load_model(args.model)
     layers, env = model.config.num_hidden_layers, training_environment(model)
     del model
@@ -332,17 +332,17 @@ def markdown(figures: dict) -> str:
     ]
     order = {arm: i for i, arm in enumerate(ARMS)}
     for r in sorted(records, key=lambda r: (r["task"], r["removed_fraction"], order.get(r["arm"], 99), r["seed"])):
-        mark = " †" if uses_teacher(r["arm"]) else ""
-        lines.append(f"| {r['task']} | {r['removed_fraction']:.0%} | {r['arm']}{mark} | {r['seed']} | "
-                     f"{r['blocks_kept']} | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | {r['general_acc']:.3f} | "
-                     f"{r['train_seconds']:.0f} |")
+        lines.append(f"| {r['task']} | {r['removed_fraction']:.0%} | {r['arm']}{' †' * uses_teacher(r['arm'])} | "
+                     f"{r['seed']} | {r['blocks_kept']} | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | "
+                     f"{r['general_acc']:.3f} | {r['train_seconds']:.0f} |")
     lines += ["", "Paired differences (a − b over the same test items, seeds pooled; 95 % paired-bootstrap interval, "
               "exact McNemar p):", "",
               "| task | removed | a | b | seeds | diff | 95 % CI | p |", "|---|---|---|---|---|---|---|---|"]
     for c in figures["comparisons"]:
         lines.append(f"| {c['task']} | {c['removed_fraction']:.0%} | {c['a']} | {c['b']} | {c['seeds']} | "
                      f"{c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {c['p']:.3g} |")
-    lines += ["", f"The shipped recipes use `{figures['default_arm']}`.", *lm_eval_lines()]
+    lines += ["", f"The shipped recipes use `{figures['default_arm']}`." if figures["default_arm"] else
+              "The shipped recipes use none of these arms since study v3 (its section).", *lm_eval_lines()]
     return "\n".join(lines)
 
 

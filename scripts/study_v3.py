@@ -62,6 +62,7 @@ FULL_FT_LR = 5e-5  # the -fullft arm: every weight of the pruned model trains (p
 FULL_DEPTH = ("full", "full-4x")  # compared at every fraction (full-matched is trained per fraction, for its compute)
 DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
 KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
+DECISION = ROOT / "benchmarks" / "study_v3_decision.md"  # hand-written: what the study decided, and why
 COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
                ("default-fullft", "default"), ("default-teacherkl", "default"), ("default-bridge-kd", "default-bridge"),
                ("default-bridge-kd", "default"), ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"),
@@ -95,15 +96,13 @@ def one_epoch(arm: str) -> str:
 
 
 def accumulate(args) -> list[str]:
-    """The batch in ``--grad-accum`` micro-batches: the same optimizer steps (the Trainer divides by the tokens of
-    the accumulated batch), a fraction of the activation memory (SciQ's 512-token rows at batch 16 took 23 GB)."""
+    """The batch in ``--grad-accum`` micro-batches: the same optimizer steps, a fraction of the memory (23 GB)."""
     return [f"train.batch_size={args.batch_size // args.grad_accum}", f"train.grad_accum={args.grad_accum}"]
 
 
 def block_params(params: int, model_config) -> int:
     """The parameters a token's forward multiplies through, less the embedding and LM head."""
-    vh = model_config.vocab_size * model_config.hidden_size
-    return params - vh * (1 if model_config.tie_word_embeddings else 2)
+    return params - model_config.vocab_size * model_config.hidden_size * (1 if model_config.tie_word_embeddings else 2)
 
 
 def run_flops(plan: dict, model_config, full_fine_tune: bool = False) -> float:
@@ -325,6 +324,7 @@ def markdown(figures: dict, out: Path) -> str:
              f"**Status: {len(records)} runs so far ({', '.join(sorted({r['task'] for r in records}))}); the study "
              "runs for hours in the background and resumes record by record, so the targets below read what has run.**",
              "", "Targets (issue 31, SmolLM2-135M):", "", *target_lines(records), "",
+             *([DECISION.read_text().strip(), ""] if DECISION.is_file() else []),
              f"![accuracy against training compute]({shown_path(png, ROOT)})", "",
              "Compute: training FLOPs by the 6ND rule (LoRA 4ND), every stage the arm needs, `full`'s training "
              "included for the arms that start from its model, the teacher-logit cache's build for the -kd arm. Domain "

@@ -13,8 +13,8 @@ happens at 25 %?". The job, top to bottom:
    is the whole healing of step 4 (``compress.probe_fraction: 1``), as shorter ones under-predict it (Financial
    PhraseBank: 12-step probes 10-33 points under the reference where a full healing keeps 50 % of the blocks).
 4. **Heal and verify**: the deepest depth whose probe is within the tolerance gets the recipe's whole recovery
-   (``tuned_oneshot``'s stage 1 run as ``oneshot`` on the reference in ``heal_DD/``: the healing of ShortGPT /
-   Gromov et al. 2024) and is verified on held-out train-side items that no run saw: the one-sided upper bound of
+   (its training of the pruned model, ``train.final_stage_steps``, run as ``oneshot`` on the reference in
+   ``heal_DD/``: the healing of ShortGPT / Gromov et al. 2024) and is verified on held-out train-side items that no run saw: the one-sided upper bound of
    its paired drop against the reference must be within the tolerance. A miss backs off to the next shallower one.
 5. **Proof** (:mod:`trimllm.deploy_proof`): ``final/`` reloaded by plain transformers in a fresh process; with
    llama.cpp, GGUF f16 and ``compress.quant`` checked against the log-probabilities recorded at export, the test

@@ -1,4 +1,4 @@
-"""Real tier: the README's main job, `trimllm train recipes/quickstart.yaml` (tuned_oneshot), on the packaged
+"""Real tier: the README's main job, `trimllm train recipes/quickstart.yaml` (oneshot), on the packaged
 SmolLM2-135M and bundled SciQ."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def test_quickstart_recipe_end_to_end(tmp_path):
     subprocess.run([sys.executable, "-m", "trimllm", "train", str(ROOT / "recipes" / "quickstart.yaml"),
                     f"output_dir={out}"], check=True, env=env)
     plan = json.loads((out / "run.json").read_text())
-    assert [s["blocks_kept"] for s in plan["stages"]] == [30, 26]  # full-depth fine-tune, then 4 blocks at once
-    assert plan["stages"][0]["dropped"] == [] and len(plan["stages"][1]["dropped"]) == 4
-    assert plan["final"]["stage"] == 1
+    assert [s["blocks_kept"] for s in plan["stages"]] == [26]  # 4 blocks removed at once, then trained
+    assert len(plan["stages"][0]["dropped"]) == 4 and plan["stages"][0]["steps"] == 6
+    assert plan["final"]["stage"] == 0
     assert all(0 <= s["val_acc"] <= 1 for s in plan["stages"])
     check = ("import sys; from transformers import AutoModelForCausalLM as M;"
              "print(M.from_pretrained(sys.argv[1]).config.num_hidden_layers)")
