@@ -78,7 +78,7 @@ class ScoringConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "tuned_oneshot"  # tuned_oneshot, progressive, trimllm, oneshot or none (README "Which recipe when")
+    name: str = "tuned_oneshot"  # tuned_oneshot, progressive, trimllm, oneshot (the shipped recipes) or none
     # The schedule's own options, its keyword parameters (defaults and ranges in its file under trimllm/schedules/),
     # refused when it does not take them: progressive {per_stage: 2, order: fixed}.
     options: dict = field(default_factory=dict)

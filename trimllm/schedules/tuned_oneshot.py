@@ -7,8 +7,10 @@ Scoring the domain-tuned model rather than the base one is the "teacher correcti
 et al. 2024 ("Reassessing Layer Pruning in LLMs") found stable where re-scored iterative pruning was not. In
 trimllm's study v2 (BENCHMARKS.md) it beats ``oneshot`` on the base model by 2.9 points at 50 % removed on Financial
 PhraseBank (two seeds, p = 0.0002), and with a rank-64 adapter and a 3x learning rate for the pruned model
-(``pruned.r``, ``pruned.lr``: the shipped recipes) by 13.6 (Financial PhraseBank, two seeds) and 8.4
-(SciQ) points.
+(``pruned.r``, ``pruned.lr``: v0.2's shipped recipes) by 13.6 (Financial PhraseBank, two seeds) and 8.4
+(SciQ) points, at equal steps. At equal training compute ``oneshot`` with the same levers does better (study v3:
+the full-depth stage trains a model that is not exported), so the shipped recipes use that; this remains the
+default of a recipe that names no schedule.
 """
 
 from __future__ import annotations
