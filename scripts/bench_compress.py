@@ -49,7 +49,7 @@ def main() -> None:
         task, recipe_path = pair.split("=")
         command = command_line("bench_compress.py", args).replace(f"--tasks {args.tasks}", f"--tasks {pair}")
         for tolerance in map(float, args.tolerances.split(",")):
-            recipe = load_recipe(ROOT / recipe_path, [f"output_dir={args.work / task}", *args.set])
+            recipe = load_recipe(ROOT / recipe_path, [f"output_dir={args.work / task}", *args.set], job="compress")
             figure = {**row(task, tolerance, compress(recipe, tolerance)), "command": command, "note": args.note}
             figures = previous(args.out)  # read again: another task's run may have saved rows meanwhile
             figures["runs"][f"{task} {tolerance:g}"] = figure

@@ -42,16 +42,16 @@ def compress(recipe: str | Path | Recipe | None = None, tolerance: float = 1.0, 
     from trimllm.compression import compress as run_compress
 
     _check_types(recipe, overwrite, "compress")
-    return run_compress(_resolved(recipe, overrides), tolerance, overwrite=overwrite)
+    return run_compress(_resolved(recipe, overrides, job="compress"), tolerance, overwrite=overwrite)
 
 
-def _resolved(recipe, overrides: dict) -> Recipe:
+def _resolved(recipe, overrides: dict, job: str = "train") -> Recipe:
     base = _dotted(recipe.to_dict()) if isinstance(recipe, Recipe) else {}
     values = {key: os.fspath(v) if isinstance(v, os.PathLike) else v for key, v in {**base, **_dotted(overrides)}.items()}
     # JSON is YAML: each value reads back as the same Python value through the recipe's override parser. Unicode is
     # written as itself: an escaped emoji (a surrogate pair) would read back from YAML as two lone surrogates.
     pairs = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in values.items()]
-    return load_recipe(None if isinstance(recipe, Recipe) else recipe, pairs)
+    return load_recipe(None if isinstance(recipe, Recipe) else recipe, pairs, job)
 
 
 def _check_types(recipe, overwrite, name: str = "train") -> None:

@@ -15,13 +15,15 @@ from trimllm.recipe_file import build_recipe, read_recipe
 from trimllm.registry import did_you_mean
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+def load_recipe(path: str | Path | None, overrides: list[str] = (), job: str = "train") -> Recipe:
     """Read a YAML recipe, apply ``key=value`` overrides, read v0.2 keys in their new spelling, fill in the plug-ins'
-    option defaults and check every value; raise :class:`RecipeError` listing all problems."""
+    option defaults and check every value; raise :class:`RecipeError` listing all problems. ``job="compress"``:
+    the recipe's schedule does not run (compress trains a full-depth reference, then ``oneshot`` healings from it,
+    whose ``stage0`` teacher is the reference), so what the schedule needs and provides is not checked."""
     raw, problems, source = read_recipe(path, overrides)
     recipe = build_recipe(raw, problems)
     problems += source_mapping(recipe.data)
-    problems += semantic_problems(resolve_defaults(recipe))
+    problems += semantic_problems(resolve_defaults(recipe), schedule_runs=job != "compress")
     if problems:
         raise RecipeError(problems, source)
     return recipe
@@ -51,9 +53,11 @@ def source_mapping(cfg) -> list[str]:
     return []
 
 
-def semantic_problems(recipe: Recipe) -> list[str]:
-    """Cross-field checks that need no model: names, ratios, data availability and test leakage."""
-    return (_name_problems(recipe) + _range_problems(recipe) + _choice_problems(recipe)
+def semantic_problems(recipe: Recipe, schedule_runs: bool = True) -> list[str]:
+    """Cross-field checks that need no model: names, ratios, data availability and test leakage; with
+    ``schedule_runs``, a stop rule and a distillation teacher that the recipe's schedule needs and provides."""
+    schedule = _stop_problems(recipe) + _distill_problems(recipe) if schedule_runs else []
+    return (_name_problems(recipe) + _range_problems(recipe) + schedule + _choice_problems(recipe)
             + _data_problems(recipe))
 
 
@@ -77,8 +81,7 @@ def _name_problems(recipe: Recipe) -> list[str]:
 
 def _range_problems(recipe: Recipe) -> list[str]:
     """Each section's own values (its ``problems()``, next to its fields; an optional section only when it is on),
-    then what spans sections or the launch: the global batch over the processes, a stop rule for the schedule, a
-    teacher the schedule trains."""
+    then the global batch over the launch's processes."""
     from trimllm.distributed import world_size
 
     sections = [getattr(recipe, f.name) for f in dataclasses.fields(recipe)]
@@ -87,7 +90,7 @@ def _range_problems(recipe: Recipe) -> list[str]:
     if recipe.train.batch_size % processes:
         problems.append(f"train.batch_size = {recipe.train.batch_size} is the global batch and must be divisible by "
                         f"the {processes} processes of this launch")
-    return problems + _stop_problems(recipe) + _distill_problems(recipe)
+    return problems
 
 
 def _stop_problems(recipe: Recipe) -> list[str]:

@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory):
 
 def recipe(tiny_dir, out, *overrides):
     return load_recipe(ROOT / "recipes" / "quickstart.yaml",
-                       [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_JOB, *overrides])
+                       [f"model.name={tiny_dir}", f"output_dir={out}", *TINY_JOB, *overrides], job="compress")
 
 
 def expected_choice(state: dict, tolerance: float) -> int:

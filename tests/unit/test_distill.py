@@ -159,3 +159,18 @@ def test_distillation_options_that_cannot_work_are_refused(overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill={}", *overrides])
     load_recipe(ROOT / "recipes" / "smoke.yaml", ["distill={}", "distill.tokens=16", "distill.cache_k=8"])
+
+
+def test_a_stage0_teacher_needs_a_schedule_that_trains_one_except_under_compress():
+    """The shipped recipes run ``oneshot`` (study v3), which trains no full-depth stage 0: ``trimllm train`` refuses
+    a ``stage0`` teacher with the fix, while ``trimllm compress`` does not run the recipe's schedule (its healings
+    distil from its full-depth reference) and takes the same recipe."""
+    from tests.conftest import ROOT
+
+    finance = ROOT / "recipes" / "finance.yaml"
+    with pytest.raises(RecipeError, match="distill.teacher = stage0 needs a full-depth stage 0, which schedule "
+                                          "'oneshot' does not train; set distill.teacher to a model path"):
+        load_recipe(finance, ["distill={}"])
+    assert load_recipe(finance, ["distill={}"], job="compress").distill.teacher == "stage0"
+    with pytest.raises(RecipeError, match="distill.tokens"):  # the section's own values are checked either way
+        load_recipe(finance, ["distill={}", "distill.tokens=0"], job="compress")

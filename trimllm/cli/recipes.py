@@ -14,12 +14,12 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/smoke
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=1e-4 output_dir=/tmp/run.")]
 
 
-def _recipe_or_exit(recipe: Path, overrides: list[str] | None):
+def _recipe_or_exit(recipe: Path, overrides: list[str] | None, job: str = "train"):
     from trimllm.config import RecipeError
     from trimllm.validation import load_recipe
 
     try:
-        return load_recipe(recipe, overrides or [])
+        return load_recipe(recipe, overrides or [], job)
     except RecipeError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
@@ -89,7 +89,7 @@ def compress(
     extra = list(overrides or [])
     if path.suffix not in (".yaml", ".yml"):  # a model: the default recipe on it, into runs/compress
         path, extra = None, [f"model.name={recipe}", "output_dir=runs/compress", *extra]
-    resolved = _recipe_or_exit(path, extra)
+    resolved = _recipe_or_exit(path, extra, job="compress")
     compress_command(resolved, tolerance, metric, runtime, quant, overwrite)
 
 
