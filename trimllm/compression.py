@@ -3,8 +3,8 @@
 The question users ask is "how small and fast can my domain model get if I accept at most X points?", not "what
 happens at 25 %?". The job, top to bottom:
 
-1. **Reference**: the recipe's full-depth fine-tune (its stage 0; ``train.stage0_steps: 0`` takes the model as it
-   is), a trimllm run in ``reference/``. Its validation metric is what every drop is measured against.
+1. **Reference**: the recipe's full-depth fine-tune (``train.stage0_steps``, else ``steps_per_stage``; ``0`` takes
+   the model as it is), a trimllm run in ``reference/``. Its validation metric is what every drop is measured against.
 2. **Estimates**: the reference scored once by the recipe's scorer; at each candidate depth (every
    ``compress.step`` blocks up to ``compress.max_fraction``) the lowest-ranked blocks removed, bridged when the
    recipe has ``bridge`` (ReplaceMe, Shopkhoev et al. 2025), no training. Cheap, and a floor under what healing
@@ -150,7 +150,7 @@ def sub_recipe(job: Job, folder: str, **sections) -> Recipe:
 
 
 def reference_run(job: Job) -> Path:
-    """The full-depth fine-tune (the recipe's stage 0) in ``reference/``; returns its model folder."""
+    """The full-depth fine-tune (``schedule: none`` on the recipe) in ``reference/``; returns its model folder."""
     from trimllm.pipeline import run
 
     recipe = sub_recipe(job, "reference", schedule=ScheduleConfig("none", {}), stop=StopConfig(target_fraction=None))
