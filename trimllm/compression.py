@@ -42,7 +42,7 @@ from trimllm.errors import RecipeError
 from trimllm.layout import STAGE_GLOB, RunDir
 from trimllm.modeling import load_model
 from trimllm.outputs import check_output
-from trimllm.rundir import clear, flatten, lock, unlock
+from trimllm.rundir import RUN_OPTIONS, clear, flatten, lock, unlock
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "compress.json"
@@ -75,7 +75,8 @@ def compress(recipe: Recipe, tolerance: float, overwrite: bool = False) -> dict:
         check_verification(job)  # before any training: a draw that leaves nothing to verify on is refused
         reference = reference_run(job)
         model, tokenizer = load_model(reference, dtype=recipe.model.dtype)
-        verify_items = formats.held_out_items(recipe.data, tokenizer, job.settings.verify_items)  # never trained on
+        verify_items = formats.held_out_items(recipe.data, tokenizer, job.settings.verify_items,
+                                              formats.corpus_size(recipe))  # never trained on
         estimates(job, model, tokenizer)
         del model
         safe = depth_search.safe_depth(_by_depth(job.state["estimates"]), job.state["reference"], tolerance)
@@ -131,8 +132,6 @@ def _identity(recipe: Recipe) -> dict:
 
 def _measured(flat: dict) -> dict:
     """The keys of a flattened recipe that the figures depend on (:func:`_identity`)."""
-    from trimllm.config import RUN_OPTIONS
-
     keys = {k: v for k, v in flat.items()
             if k.split(".")[0] not in NOT_IDENTITY and k not in RUN_OPTIONS and k.removeprefix("compress.") not in PROOF_ONLY}
     return json.loads(json.dumps(keys))
@@ -165,10 +164,11 @@ def check_verification(job: Job) -> None:
     """Refuse a recipe whose draw leaves too few held-out records to verify on (:func:`held_out_records`), or whose
     bundled data set no single lm-eval task tests (the proof's test side: a set of subset tasks)."""
     cfg = job.recipe.data
-    found = len(formats.held_out_records(cfg, job.settings.verify_items))
+    corpus = formats.corpus_size(job.recipe)  # the last unused records train as distill.corpus: never verified on
+    found = len(formats.held_out_records(cfg, job.settings.verify_items, corpus))
     problems = [f"compress verifies on train-side records that no run trains on, but data.n_train = {cfg.n_train} "
-                f"leaves {found} of {formats.data_name(cfg)} (at least {MIN_VERIFY} needed): set data.n_train lower"
-                ] if found < MIN_VERIFY else []
+                f"leaves {found} of {formats.data_name(cfg)}{f' beside distill.corpus_n = {corpus}' if corpus else ''} "
+                f"(at least {MIN_VERIFY} needed): set data.n_train lower"] if found < MIN_VERIFY else []
     if not cfg.source and formats.test_task(cfg) == cfg.task:
         problems.append(f"compress proves its model on the test side of data.task, but {cfg.task} is a set of subset "
                         "tasks with no single test task: compress on one subset (its records as data.source), or "

@@ -242,6 +242,8 @@ class DistillConfig:
     teacher_dtype: str = "auto"  # auto (the model's dtype), float32, bfloat16, float16: the teacher's forward only
     cache_k: int = 0  # 0: the teacher runs in every step; k > 0: its top-k log-probs, cached once (trimllm.logit_cache)
     cache_dir: str | None = None  # where the cache lives; null = output_dir/teacher_logits (share one across runs)
+    corpus: str | None = None  # a text field of train-side records not trained on (sciq: support), distilled too
+    corpus_n: int = 2000  # records whose corpus text joins the training examples, KL only (the last of the draw)
 
     def problems(self) -> list[str]:
         return _failed([
@@ -257,7 +259,10 @@ class DistillConfig:
             (not self.cache_k or (self.temperature == 1 and not self.hidden_weight),
              f"distill.cache_k = {self.cache_k} caches the teacher's probabilities at temperature 1 and no hidden "
              f"states, but distill.temperature = {self.temperature} and distill.hidden_weight = {self.hidden_weight}: "
-             "set distill.cache_k=0 to run the teacher live, or temperature=1 and hidden_weight=0")])
+             "set distill.cache_k=0 to run the teacher live, or temperature=1 and hidden_weight=0"),
+            (not self.corpus or (self.tokens == "all" and self.corpus_n >= 1),
+             f"distill.corpus = {self.corpus!r} is plain text, distilled at every position: it needs distill.tokens = all "
+             f"(got {self.tokens!r}) and distill.corpus_n >= 1 (got {self.corpus_n})")])
 
 
 @dataclass
@@ -331,19 +336,6 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# Run options: how a run is carried out and logged, not what it computes. They are outside the run's identity, so
-# a killed run resumes after they change (rundir._changed); everything else names the method and its data.
-RUN_OPTIONS = frozenset({
-    "output_dir", "train.logging_steps", "train.report_to", "train.save_steps",  # where, logging, trackers, checkpoints
-    "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
-    "train.gradient_checkpointing",  # recomputed activations: memory, not the training (tests/integration/test_scale_script.py)
-    "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
-    "distill.cache_dir",  # where the teacher's cached logits are kept (a cache is keyed by what it holds)
-    "eval.batch_size",  # lm-eval's batching of the final evaluation (the same documents, the same metric)
-    "compress",  # a whole section: read by `trimllm compress` only, which keeps its own record (compress.json)
-})
 
 
 def to_yaml(recipe: Recipe) -> str:

@@ -128,19 +128,43 @@ def training_data(cfg, tokenizer) -> TrainingData:
                         items["calibration"], source.metric)
 
 
-def held_out_records(cfg, n: int) -> list[dict]:
-    """Up to ``n`` train-side records that a run of ``cfg`` neither trains, validates nor calibrates on: those after
-    its ``data.n_train`` training records in the same seeded draw (``trimllm compress`` verifies on them). None
-    when ``data.n_train`` is null (every record trains)."""
+def unused_records(cfg) -> list[dict]:
+    """The train-side records a run of ``cfg`` neither trains, validates nor calibrates on, in its seeded draw's
+    order: those after its ``data.n_train`` training records. None when ``data.n_train`` is null (all train)."""
     if cfg.n_train is None:
         return []
-    source = DataSource.of(cfg)
-    return source.splits(cfg.n_validation, cfg.n_calibration, cfg.seed, None)["train"][cfg.n_train:][:n]
+    return DataSource.of(cfg).splits(cfg.n_validation, cfg.n_calibration, cfg.seed, None)["train"][cfg.n_train:]
 
 
-def held_out_items(cfg, tokenizer, n: int) -> list[MCItem]:
+def held_out_records(cfg, n: int, corpus_n: int = 0) -> list[dict]:
+    """Up to ``n`` of :func:`unused_records`, from the front (``trimllm compress`` verifies on them), never one of
+    the last ``corpus_n``, whose text a ``distill.corpus`` trains on (:func:`corpus_examples`)."""
+    unused = unused_records(cfg)
+    return unused[: max(0, min(n, len(unused) - corpus_n))]
+
+
+def held_out_items(cfg, tokenizer, n: int, corpus_n: int = 0) -> list[MCItem]:
     """:func:`held_out_records` as items to score."""
-    return _items(DataSource.of(cfg), cfg, tokenizer, held_out_records(cfg, n))
+    return _items(DataSource.of(cfg), cfg, tokenizer, held_out_records(cfg, n, corpus_n))
+
+
+def corpus_size(recipe) -> int:
+    """How many unused records a recipe's ``distill.corpus`` reads (0 without one)."""
+    return recipe.distill.corpus_n if recipe.distill is not None and recipe.distill.corpus else 0
+
+
+def corpus_examples(cfg, tokenizer, field: str, n: int) -> list[dict]:
+    """Domain text beyond the task's examples (``distill.corpus``; Minitron distils every token of such text): the
+    ``field`` of the last ``n`` :func:`unused_records` (SciQ: the support passages of questions no run trains
+    on), one example per non-empty text, cut to ``data.max_length`` tokens. No labels: their loss is the KL to the
+    teacher alone (``distill.tokens: all``), so no CE target is invented for plain text."""
+    examples = []
+    for record in unused_records(cfg)[-n:] if n else []:
+        text = record.get(field)
+        ids = tokenizer(text, add_special_tokens=False).input_ids[: cfg.max_length] if isinstance(text, str) else []
+        if len(ids) >= 2:  # one position to predict at least
+            examples.append({"input_ids": ids, "labels": [-100] * len(ids)})
+    return examples
 
 
 def _items(source: DataSource, cfg, tokenizer, records: list[dict]) -> list[MCItem]:

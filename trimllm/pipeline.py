@@ -32,7 +32,14 @@ from trimllm.decisions import Inputs, expected_stages, frozen_blocks, granularit
 from trimllm.distill import load_teacher, teacher_source
 from trimllm.distributed import barrier, init, is_main, on_main, world_size
 from trimllm.export import cast_export, save_compressed
-from trimllm.formats import data_name, training_data, validation_metric, write_task
+from trimllm.formats import (
+    corpus_examples,
+    corpus_size,
+    data_name,
+    training_data,
+    validation_metric,
+    write_task,
+)
 from trimllm.freezing import chooses_anew
 from trimllm.layout import RunDir, stage_name
 from trimllm.logit_cache import LogitCache
@@ -120,6 +127,8 @@ def setup(recipe: Recipe, overwrite: bool) -> RunState:
     if problems:
         raise RecipeError(problems, "recipe")
     data = training_data(recipe.data, tokenizer)
+    if corpus_size(recipe):  # domain text beyond the task's examples, distilled (distill.corpus)
+        data.examples += corpus_examples(recipe.data, tokenizer, recipe.distill.corpus, recipe.distill.corpus_n)
     run_file = continued_run_file(out, recipe, previous, get_plan(model), data_fingerprint(data, recipe.data))
     if recipe.data.source and is_main():  # the user's data set as an lm-eval task (eval.tasks, plain lm_eval)
         write_task(recipe.data, RunDir(out).tasks)

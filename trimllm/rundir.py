@@ -18,7 +18,7 @@ from typing import NamedTuple
 import yaml
 
 from trimllm.atomic import TEMP_NAME, write_text_atomic
-from trimllm.config import RUN_OPTIONS, Recipe, to_yaml
+from trimllm.config import Recipe, to_yaml
 from trimllm.layout import LOCK, RUN_FILE, STAGE_GLOB, RunDir
 from trimllm.outputs import check_replaceable, check_writable
 from trimllm.plan import PLAN_FILE
@@ -26,6 +26,18 @@ from trimllm.records import RunFile
 
 logger = logging.getLogger(__name__)
 _held: dict[str, int] = {}
+
+# Run options: how a run is carried out and logged, not what it computes. They are outside the run's identity, so
+# a killed run resumes after they change (_changed below); everything else names the method and its data.
+RUN_OPTIONS = frozenset({
+    "output_dir", "train.logging_steps", "train.report_to", "train.save_steps",  # where, logging, trackers, checkpoints
+    "train.fsdp", "train.fsdp_config", "train.deepspeed",  # distributed settings (the global batch stays the same)
+    "train.gradient_checkpointing",  # recomputed activations: memory, not the training (tests/integration/test_scale_script.py)
+    "export.dtype", "export.stages",  # what is kept on disk (the resume point always stays as trained)
+    "distill.cache_dir",  # where the teacher's cached logits are kept (a cache is keyed by what it holds)
+    "eval.batch_size",  # lm-eval's batching of the final evaluation (the same documents, the same metric)
+    "compress",  # a whole section: read by `trimllm compress` only, which keeps its own record (compress.json)
+})
 
 
 def lock(out: Path) -> None:
@@ -203,7 +215,7 @@ def flatten(node, prefix=""):
 
 class RecipeChange(NamedTuple):
     """The saved recipe, the new one (both flattened), the keys of the run's identity whose values differ, and the
-    run options (:data:`trimllm.config.RUN_OPTIONS`) that differ, which do not stop a resume."""
+    run options (:data:`RUN_OPTIONS`) that differ, which do not stop a resume."""
 
     old: dict
     new: dict

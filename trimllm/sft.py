@@ -107,7 +107,8 @@ class SFTCollator:
             ids[row, width - n:] = torch.tensor(f["input_ids"])
             labels[row, width - n:] = torch.tensor(f["labels"])
             mask[row, width - n:] = 1
-            answer = max(answer, n - next(i for i, t in enumerate(f["labels"]) if t != -100))
+            # a row of distill.corpus text has no label (KL only): it widens no answer window
+            answer = max(answer, n - next((i for i, t in enumerate(f["labels"]) if t != -100), n))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if self.all_positions:

@@ -128,6 +128,8 @@ class StageTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         from trimllm.distill import block_outputs
 
+        if num_items_in_batch is not None:  # a step of distill.corpus text only has no label: CE 0, not 0 / 0
+            num_items_in_batch = max(num_items_in_batch, 1)
         hidden = block_outputs(self.accelerator.unwrap_model(model)) if self.distiller.hidden_weight else None
         with hidden or contextlib.nullcontext([]) as states:
             ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)

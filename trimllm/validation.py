@@ -57,8 +57,9 @@ def semantic_problems(recipe: Recipe, schedule_runs: bool = True) -> list[str]:
     """Cross-field checks that need no model: names, ratios, data availability and test leakage; with
     ``schedule_runs``, a stop rule and a distillation teacher that the recipe's schedule needs and provides."""
     schedule = _stop_problems(recipe) + _distill_problems(recipe) if schedule_runs else []
-    return (_name_problems(recipe) + _range_problems(recipe) + schedule + _choice_problems(recipe)
-            + _data_problems(recipe))
+    data = _data_problems(recipe)
+    return (_name_problems(recipe) + _range_problems(recipe) + schedule + _choice_problems(recipe) + data
+            + ([] if data else _corpus_problems(recipe)))
 
 
 def _name_problems(recipe: Recipe) -> list[str]:
@@ -230,6 +231,24 @@ def _data_problems(recipe: Recipe) -> list[str]:
     if needed > train_side:
         return [f"data: n_validation + n_calibration + n_train = {needed} exceeds the {train_side} train-side "
                 f"records of {task}; lower them (test items are never used)"]
+    return []
+
+
+def _corpus_problems(recipe: Recipe) -> list[str]:
+    """``distill.corpus`` names a text field of the records that the run does not train on, and some remain."""
+    from trimllm.formats import unused_records
+
+    cfg = recipe.distill
+    if cfg is None or not cfg.corpus:
+        return []
+    unused = unused_records(recipe.data)
+    if not unused:
+        return [f"distill.corpus = {cfg.corpus!r} distils the text of train-side records that the run does not train "
+                f"on, but data.n_train = {recipe.data.n_train} leaves none: set data.n_train lower"]
+    if not any(isinstance(r.get(cfg.corpus), str) for r in unused[-cfg.corpus_n:]):
+        fields = ", ".join(k for k in unused[-1] if not k.startswith("_"))
+        return [f"distill.corpus = {cfg.corpus!r}: the records it would read have no text field of that name "
+                f"(their fields: {fields}); name one that holds domain text (sciq: support)"]
     return []
 
 

@@ -173,7 +173,7 @@ def test_a_progressive_run_saved_under_the_former_order_default_resumes_only_whe
 
 
 def test_a_killed_run_resumes_after_its_run_options_changed(tiny_dir, tmp_path):
-    """Logging, trackers, checkpoint cadence and checkpointing (config.RUN_OPTIONS) are not the run's identity: a run killed
+    """Logging, trackers, checkpoint cadence and checkpointing (rundir.RUN_OPTIONS) are not the run's identity: a run killed
     mid-stage resumes under new values of them to the plan and model of an uninterrupted run, and resolved.yaml
     then names the new values. A key of the method changed as well is still refused."""
     import yaml

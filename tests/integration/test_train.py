@@ -377,6 +377,39 @@ def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypat
     assert not set(seen) & encoded(load_side("sciq", "test"))
 
 
+def test_a_corpus_of_support_passages_is_cached_and_distilled_beside_the_examples(tiny_dir, tmp_path, monkeypatch):
+    """``distill.corpus: support``: the teacher's cache covers the 16 training examples and the corpus rows; the
+    student is distilled on both (a corpus row is the support passage of a record outside the run's draw), and every
+    pruned-stage loss is finite."""
+    from transformers import AutoTokenizer
+
+    from trimllm.config import DataConfig
+    from trimllm.distill import Distiller
+    from trimllm.formats import unused_records
+
+    seen: list[tuple[int, ...]] = []
+    loss = Distiller.loss
+
+    def recording(self, inputs, *args):
+        for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
+            seen.append(tuple(ids[mask.bool()].tolist()))
+        return loss(self, inputs, *args)
+
+    monkeypatch.setattr(Distiller, "loss", recording)
+    out = tmp_path / "corpus"
+    run_tiny(tiny_dir, out, "schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.steps_per_stage=6",
+             "distill={}", "distill.tokens=all", "distill.cache_k=96", "distill.corpus=support", "distill.corpus_n=8")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    records = unused_records(DataConfig(task="sciq", n_train=16, n_validation=8, n_calibration=4))[-8:]
+    passages = {tuple(tokenizer(r["support"], add_special_tokens=False).input_ids[:96]) for r in records if r["support"]}
+    meta = json.loads(next((out / "teacher_logits").glob("*/cache.json")).read_text())
+    assert meta["examples"] == 16 + len(passages) and len(passages) >= 6
+    assert passages <= set(seen) and len(seen) == 2 * meta["examples"]  # stages 1, 2: 6 steps of 4 = one epoch each
+    losses = [m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if "loss" in m and m["stage"] > 0]
+    assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
+
+
 def test_no_warning_a_user_cannot_act_on(tiny_dir, tmp_path):
     import warnings
 

@@ -124,6 +124,26 @@ def test_the_teacher_cache_build_counts_the_examples_the_arm_trains_on():
     assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "default-bridge") == 0.0
 
 
+def test_the_corpus_arm_is_oneshot_distilled_on_the_passages_at_the_defaults_compute(tmp_path):
+    """oneshot-corpus: oneshot-matched's recipe + a cached teacher at every position of the examples and 1000
+    records' support passages. Its compute: the cache's build over examples and passages (a forward of blocks +
+    head), the student's head at every trained position (4x), and steps that spend what remains of the default's."""
+    corpus = recipe(tmp_path, "oneshot-corpus", steps=120)
+    assert (corpus.model.name, corpus.lora.r, corpus.train.lr, corpus.train.steps_per_stage) == ("smollm2-135m", 64, 6e-4, 120)
+    cfg = corpus.distill
+    assert (cfg.teacher, cfg.tokens, cfg.cache_k, cfg.corpus, cfg.corpus_n) == (str(tmp_path / "full" / "final"), "all",
+                                                                                 64, "support", 1000)
+    args = SimpleNamespace(tokens_per_example={"sciq": 100.0}, corpus_tokens={"sciq": 50.0}, corpus_size={"sciq": 8})
+    build = 2 * 31_000 * (100 * 10 + 50 * 8)
+    assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "oneshot-corpus") == build
+    plan = {"stages": [{"params": 16_000, "tokens": {"padded": 20_000}, "steps": 10}]}
+    assert study["head_flops"]("oneshot-corpus", plan, CONFIG) == 4 * 1_000 * 20_000
+    assert study["head_flops"]("oneshot-matched", plan, CONFIG) == 0.0
+    default = {"compute_pflops": 45_000 * 4 * 20_000 / 1e15, "tokens_per_step": 2_000.0, "params": 16_000}
+    # (45,000 x 4 x 20,000 - 4 x 16,000 x 20,000) / (4 x (15,000 + 1,000) x 2,000) = 18.125
+    assert study["matched_steps"](default, 16_000, CONFIG, 4 * 16_000 * 20_000, head=True) == 18
+
+
 def test_the_targets_average_an_arms_seeds_against_full_depth_on_the_same_seeds():
     seed1 = [{**record(arm, acc), "seed": 1} for arm, acc in (("full", 0.90), ("default", 0.85))]
     records = [record("full", 0.92), record("default", 0.75), record("default-bridge", 0.81), *seed1]
