@@ -18,6 +18,9 @@ Budget and setup as study v2 (scripts/study.py: one epoch of batch 16 over 1000 
 - ``full-matched``: ``full`` trained for ``default``'s compute;
 - ``default-fullft``: ``default`` with full fine-tuning of the pruned model at 5e-5 instead of LoRA (6ND, not 4ND);
 - ``default-teacherkl``: ``default`` with the blocks chosen by ``teacher_kl`` (KL to the unpruned model's output);
+- ``oneshot-corpus``: ``oneshot-matched`` distilled from ``full``'s model (cached top-64, alpha 0.5) at every
+  position of the examples and of 1000 other records' SciQ support passages (``distill.corpus``), at ``default``'s
+  compute with the cache's build and the LM head at every position counted;
 - ``<arm>-4x`` (``full-4x``, ``default-4x``, ``oneshot-4x``, ``default-bridge-4x``, ...): the longer budget, the
   arm with 4x the training examples (and steps) for its last training (the ``default`` arms keep ``full``'s
   one-epoch stage 0; ``oneshot-4x`` is ``oneshot-matched``'s recipe), capped at the train side less validation.
@@ -49,26 +52,30 @@ from _common import (
     write_json,
 )
 from _study_check import record_key
-from study import MAX_LENGTH, N_TRAIN, budget_steps, comparisons, evaluate_arm, n_train, train_arm
+from _study_v3_plot import plot
+from _study_v3_tokens import corpus_tokens, mean_tokens
+from study import N_TRAIN, budget_steps, comparisons, evaluate_arm, n_train, train_arm
 
 from trimllm.data import load_side
 from trimllm.modeling import load_model
 
 ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched",
-        "default-fullft", "default-teacherkl", "default-4x", "oneshot-4x", "full-4x")
+        "default-fullft", "default-teacherkl", "default-4x", "oneshot-4x", "full-4x", "oneshot-corpus")
 FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl"}  # start from `full`
 LONGER = 4  # the -4x arms: this many times the budget's training examples for the arm's last training
 FULL_FT_LR = 5e-5  # the -fullft arm: every weight of the pruned model trains (pruned.method: full)
 FULL_DEPTH = ("full", "full-4x")  # compared at every fraction (full-matched is trained per fraction, for its compute)
 DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
 KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
+CORPUS_N = 1000  # oneshot-corpus: this many records' support passages (distill.corpus), as many as the examples
 DECISION = ROOT / "benchmarks" / "study_v3_decision.md"  # hand-written: what the study decided, and why
 COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
                ("default-fullft", "default"), ("default-teacherkl", "default"), ("default-bridge-kd", "default-bridge"),
                ("default-bridge-kd", "default"), ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"),
                ("oneshot-matched", "full-matched"), ("oneshot-matched", "full"), ("default-4x", "default"),
                ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"), ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"),
-               ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"))
+               ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"),
+               ("oneshot-corpus", "oneshot-matched"), ("oneshot-corpus", "full-matched"))
 
 
 def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path, examples: int) -> list[str]:
@@ -81,6 +88,9 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
         return ["schedule=none", f"train.steps_per_stage={steps}"]
     if arm == "oneshot-matched":
         return [*DEFAULT, *cut]
+    if arm == "oneshot-corpus":
+        return [*DEFAULT, *cut, "distill={}", f"distill.teacher={full}", "distill.alpha=0.5", "distill.tokens=all",
+                "distill.cache_k=64", f"distill.cache_dir={cache}", "distill.corpus=support", f"distill.corpus_n={CORPUS_N}"]
     arm_levers = {"default": [], "default-bridge": ["bridge={}"],
                   "default-bridge-kd": ["bridge={}", "distill={}", f"distill.teacher={full}",
                                         "distill.alpha=0.5", f"distill.tokens={KD_POSITIONS}", "distill.cache_k=64",
@@ -115,19 +125,30 @@ def teacher_flops(task: str, examples: int, args, model_config, full_params: int
     """The -kd arm's teacher-logit cache build: one forward of the full-depth model (LM head included) over every
     position of the training data, and the student's LM head at the KL's extra positions (x 4: forward and
     backward)."""
+    vh = model_config.vocab_size * model_config.hidden_size
+    if arm == "oneshot-corpus":  # the cache covers the examples and the corpus; the KL's LM head: head_flops
+        tokens = args.tokens_per_example[task] * examples + args.corpus_tokens[task] * args.corpus_size[task]
+        return 2 * (block_params(full_params, model_config) + vh) * tokens
     if one_epoch(arm) != "default-bridge-kd":
         return 0.0
     tokens = args.tokens_per_example[task] * examples
-    vh = model_config.vocab_size * model_config.hidden_size
     extra = 4 * vh * KD_POSITIONS * examples
     return 2 * (block_params(full_params, model_config) + vh) * tokens + extra
 
 
-def matched_steps(default: dict, params: int, model_config) -> int:
+def head_flops(arm: str, plan: dict, model_config) -> float:
+    """The student's LM head at every position (``distill.tokens: all``: oneshot-corpus), forward and backward."""
+    vh = model_config.vocab_size * model_config.hidden_size
+    return 4 * vh * sum(s["tokens"]["padded"] for s in plan["stages"]) if arm == "oneshot-corpus" else 0.0
+
+
+def matched_steps(default: dict, params: int, model_config, spent: float = 0.0, head: bool = False) -> int:
     """Steps of a LoRA run of a model of ``params`` parameters that cost the ``default`` record's compute (at its
-    padded tokens per step)."""
-    per_step = 4 * block_params(params, model_config) * default["tokens_per_step"]
-    return max(1, round(default["compute_pflops"] * 1e15 / per_step))
+    padded tokens per step), less ``spent`` FLOPs (a teacher cache's build); ``head``: the LM head runs at every
+    position of a step (the KL of ``distill.tokens: all``)."""
+    head_params = model_config.vocab_size * model_config.hidden_size if head else 0
+    per_step = 4 * (block_params(params, model_config) + head_params) * default["tokens_per_step"]
+    return max(1, round((default["compute_pflops"] * 1e15 - spent) / per_step))
 
 
 def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], save, config, layers: int) -> None:
@@ -145,17 +166,18 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
         if arm.endswith("-4x"):
             examples = min(LONGER * examples, len(load_side(task, "train")) - args.n_validation)
             arm_steps = math.ceil(examples / args.batch_size)
-        if arm.endswith("-matched"):
+        if arm.endswith("-matched") or arm == "oneshot-corpus":
             default = next((r for r in records if record_key(r) == (task, "default", fraction, seed)), None)
             if default is None:
                 raise SystemExit(f"{arm} needs the default arm's compute: run 'default' first (--arms)")
-            arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config)
+            arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config,
+                                      teacher_flops(task, examples, args, config, full_params, arm), arm == "oneshot-corpus")
         out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
                               [*overrides(arm, fraction, arm_steps, full_out / "final", cache, examples),
                                *accumulate(args)])
         flops = run_flops(plan, config, one_epoch(arm) == "default-fullft") + (
             run_flops(full_plan, config) if one_epoch(arm) in FROM_FULL else 0.0)
-        flops += teacher_flops(task, examples, args, config, full_params, arm)
+        flops += teacher_flops(task, examples, args, config, full_params, arm) + head_flops(arm, plan, config)
         last = plan["stages"][-1]
         record = evaluate_arm(arm, key[2], task, seed, out, plan, 0.0, args)
         record.update(compute_pflops=round(flops / 1e15, 4), steps=last["steps"],
@@ -191,6 +213,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     config, layers, env = model.config, model.config.num_hidden_layers, training_environment(model)
     args.tokens_per_example = {task: mean_tokens(task, tokenizer, n_train(task, args)) for task in args.tasks.split(",")}
+    args.corpus_size, args.corpus_tokens = corpus_tokens(args, tokenizer, CORPUS_N)
     del model
 
     def save():
@@ -208,20 +231,10 @@ def main() -> None:
     publish(figures, args.out, ROOT / "BENCHMARKS.md", args.section, markdown(figures, args.out))
 
 
-def mean_tokens(task: str, tokenizer, examples: int) -> float:
-    """Mean tokens of a training example (prompt + answer) over the budget's examples: the cache build's size."""
-    from trimllm.prompts import mc_item
-    from trimllm.sft import sft_examples
-
-    items = [mc_item(task, r) for r in load_side(task, "train")[:examples]]
-    examples = sft_examples(tokenizer, items, MAX_LENGTH[task])
-    return sum(len(e["input_ids"]) for e in examples) / len(examples)
-
-
 def setup(args, env: dict, minutes: float) -> dict:
     """The run's settings; ``commands``: every invocation whose records the JSON holds (each runs the arms,
     tasks and fractions it names; the budget's settings are the same in all)."""
-    skip = ("out", "render_only", "section", "work", "tokens_per_example", "commands")
+    skip = ("out", "render_only", "section", "work", "tokens_per_example", "commands", "corpus_size", "corpus_tokens")
     command = command_line("study_v3.py", args, skip=skip)
     return {**{k: v for k, v in vars(args).items() if k not in skip}, **env, "n_train": N_TRAIN,
             "minutes": round(minutes, 1), "command": command,
@@ -284,38 +297,10 @@ def longer_budget(records: list[dict], task: str, fraction: float) -> str:
     return f" At {LONGER}x the examples: `{arm}` {acc:.3f} ({(acc - full[0]) * 100:+.1f} against full depth at the budget; {versus})."
 
 
-def plot(records: list[dict], path: Path) -> None:
-    """Accuracy against training compute, a panel per task x fraction, full depth as the line to reach."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = sorted({(r["task"], r["removed_fraction"]) for r in records if r["arm"] not in FULL_DEPTH})
-    colors = {arm: plt.get_cmap("tab20")(i % 20) for i, arm in enumerate(dict.fromkeys([*ARMS, *(r["arm"] for r in records)]))}
-    figure, axes = plt.subplots(1, max(1, len(cells)), figsize=(6.5 * max(1, len(cells)), 4.5), squeeze=False)
-    for axis, (task, fraction) in zip(axes[0], cells, strict=False):
-        for r in (r for r in records if r["task"] == task and r["arm"] == "full"):
-            axis.axhline(r["acc"], color="grey", linestyle="--", label=f"full depth at the budget, seed {r['seed']}")
-        for r in records:  # the cell's arms and full depth's, each point named beside it
-            if r["task"] != task or r["removed_fraction"] not in (fraction, 0.0):
-                continue
-            axis.errorbar(r["compute_pflops"], r["acc"], yerr=r["acc_stderr"], capsize=3, color=colors[r["arm"]],
-                          fmt="s" if r["arm"].startswith("full") else "o")
-            axis.annotate(r["arm"] + (f" (seed {r['seed']})" if r["seed"] else ""), (r["compute_pflops"], r["acc"]),
-                          xytext=(5, -3), textcoords="offset points", fontsize=7)
-        axis.set(title=f"{task}, {fraction:.0%} of blocks removed", xlabel="training compute, PFLOPs",
-                 ylabel="test accuracy")
-        axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def markdown(figures: dict, out: Path) -> str:
     s, records = figures["setup"], figures["records"]
     png = out.with_suffix(".png")
-    plot(records, png)
+    plot(records, png, ARMS, FULL_DEPTH)
     commands = "; ".join(f"`{c}`" for c in s.get("commands", [s["command"]]))
     lines = [f"Commands (each runs the tasks, fractions and arms it names; records resume one by one): {commands} "
              f"({environment_line(s)}, peft {s['peft']}, lm-eval {s['lm_eval']}; "
@@ -327,7 +312,7 @@ def markdown(figures: dict, out: Path) -> str:
              *([DECISION.read_text().strip(), ""] if DECISION.is_file() else []),
              f"![accuracy against training compute]({shown_path(png, ROOT)})", "",
              "Compute: training FLOPs by the 6ND rule (LoRA 4ND), every stage the arm needs, `full`'s training "
-             "included for the arms that start from its model, the teacher-logit cache's build for the -kd arm. Domain "
+             "included for the arms that start from its model, the teacher-logit cache's build for the -kd and corpus arms. Domain "
              "accuracy on the whole test side (± stderr); general = mean of lm-eval's general group at "
              f"{s['general_limit']} documents per task. Train s: not from a quiet machine.", "",
              "| task | removed | arm | seed | blocks kept | steps | compute PFLOPs | domain acc | general acc | train s |",
