@@ -347,15 +347,9 @@ def test_distillation_trains_with_every_method_and_pld(tiny_dir, tmp_path, metho
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "kd" / "final").config.num_hidden_layers == 4
 
 
-def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypatch):
-    """Distillation: every row the teacher gets is one of the run's train examples (prompt + gold answer), never a
-    test-side document, checked against sciq's whole test side encoded the same way."""
-    from transformers import AutoTokenizer
-
-    from trimllm.data import load_side, train_side_splits
+def distilled_rows(monkeypatch) -> list[tuple[int, ...]]:
+    """The real tokens of every row the distillation loss is computed on, appended as the run goes."""
     from trimllm.distill import Distiller
-    from trimllm.prompts import mc_item
-    from trimllm.sft import sft_examples
 
     seen: list[tuple[int, ...]] = []
     loss = Distiller.loss
@@ -366,6 +360,19 @@ def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypat
         return loss(self, inputs, *args)
 
     monkeypatch.setattr(Distiller, "loss", recording)
+    return seen
+
+
+def test_the_teacher_sees_train_side_examples_only(tiny_dir, tmp_path, monkeypatch):
+    """Distillation: every row the teacher gets is one of the run's train examples (prompt + gold answer), never a
+    test-side document, checked against sciq's whole test side encoded the same way."""
+    from transformers import AutoTokenizer
+
+    from trimllm.data import load_side, train_side_splits
+    from trimllm.prompts import mc_item
+    from trimllm.sft import sft_examples
+
+    seen = distilled_rows(monkeypatch)
     run_tiny(tiny_dir, tmp_path / "kd", "schedule.options.per_stage=1", "stop.target_fraction=0.34", "distill={}")
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
 
@@ -384,18 +391,9 @@ def test_a_corpus_of_support_passages_is_cached_and_distilled_beside_the_example
     from transformers import AutoTokenizer
 
     from trimllm.config import DataConfig
-    from trimllm.distill import Distiller
     from trimllm.formats import unused_records
 
-    seen: list[tuple[int, ...]] = []
-    loss = Distiller.loss
-
-    def recording(self, inputs, *args):
-        for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
-            seen.append(tuple(ids[mask.bool()].tolist()))
-        return loss(self, inputs, *args)
-
-    monkeypatch.setattr(Distiller, "loss", recording)
+    seen = distilled_rows(monkeypatch)
     out = tmp_path / "corpus"
     run_tiny(tiny_dir, out, "schedule.options.per_stage=1", "stop.target_fraction=0.34", "train.steps_per_stage=6",
              "distill={}", "distill.tokens=all", "distill.cache_k=96", "distill.corpus=support", "distill.corpus_n=8")
