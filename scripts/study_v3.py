@@ -20,7 +20,8 @@ Budget and setup as study v2 (scripts/study.py: one epoch of batch 16 over 1000 
 - ``default-teacherkl``: ``default`` with the blocks chosen by ``teacher_kl`` (KL to the unpruned model's output);
 - ``oneshot-corpus``: ``oneshot-matched`` distilled from ``full``'s model (cached top-64, alpha 0.5) at every
   position of the examples and of 1000 other records' SciQ support passages (``distill.corpus``), at ``default``'s
-  compute with the cache's build and the LM head at every position counted;
+  compute with the cache's build and the LM head at every position counted; ``oneshot-corpus-steps``: the same at
+  ``oneshot-matched``'s steps (more compute: what the passages do per step);
 - ``<arm>-4x`` (``full-4x``, ``default-4x``, ``oneshot-4x``, ``default-bridge-4x``, ...): the longer budget, the
   arm with 4x the training examples (and steps) for its last training (the ``default`` arms keep ``full``'s
   one-epoch stage 0; ``oneshot-4x`` is ``oneshot-matched``'s recipe), capped at the train side less validation.
@@ -60,7 +61,8 @@ from trimllm.data import load_side
 from trimllm.modeling import load_model
 
 ARMS = ("full", "default", "default-bridge", "default-bridge-kd", "oneshot-matched", "full-matched",
-        "default-fullft", "default-teacherkl", "default-4x", "oneshot-4x", "full-4x", "oneshot-corpus")
+        "default-fullft", "default-teacherkl", "default-4x", "oneshot-4x", "full-4x", "oneshot-corpus",
+        "oneshot-corpus-steps")
 FROM_FULL = {"default", "default-bridge", "default-bridge-kd", "default-fullft", "default-teacherkl"}  # start from `full`
 LONGER = 4  # the -4x arms: this many times the budget's training examples for the arm's last training
 FULL_FT_LR = 5e-5  # the -fullft arm: every weight of the pruned model trains (pruned.method: full)
@@ -75,7 +77,8 @@ COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridg
                ("oneshot-matched", "full-matched"), ("oneshot-matched", "full"), ("default-4x", "default"),
                ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"), ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"),
                ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"),
-               ("oneshot-corpus", "oneshot-matched"), ("oneshot-corpus", "full-matched"))
+               ("oneshot-corpus", "oneshot-matched"), ("oneshot-corpus", "full-matched"),
+               ("oneshot-corpus-steps", "oneshot-matched"))
 
 
 def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path, examples: int) -> list[str]:
@@ -88,7 +91,7 @@ def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: P
         return ["schedule=none", f"train.steps_per_stage={steps}"]
     if arm == "oneshot-matched":
         return [*DEFAULT, *cut]
-    if arm == "oneshot-corpus":
+    if arm.startswith("oneshot-corpus"):
         return [*DEFAULT, *cut, "distill={}", f"distill.teacher={full}", "distill.alpha=0.5", "distill.tokens=all",
                 "distill.cache_k=64", f"distill.cache_dir={cache}", "distill.corpus=support", f"distill.corpus_n={CORPUS_N}"]
     arm_levers = {"default": [], "default-bridge": ["bridge={}"],
@@ -126,7 +129,7 @@ def teacher_flops(task: str, examples: int, args, model_config, full_params: int
     position of the training data, and the student's LM head at the KL's extra positions (x 4: forward and
     backward)."""
     vh = model_config.vocab_size * model_config.hidden_size
-    if arm == "oneshot-corpus":  # the cache covers the examples and the corpus; the KL's LM head: head_flops
+    if arm.startswith("oneshot-corpus"):  # the cache covers the examples and the corpus; the KL's LM head: head_flops
         tokens = args.tokens_per_example[task] * examples + args.corpus_tokens[task] * args.corpus_size[task]
         return 2 * (block_params(full_params, model_config) + vh) * tokens
     if one_epoch(arm) != "default-bridge-kd":
@@ -139,7 +142,7 @@ def teacher_flops(task: str, examples: int, args, model_config, full_params: int
 def head_flops(arm: str, plan: dict, model_config) -> float:
     """The student's LM head at every position (``distill.tokens: all``: oneshot-corpus), forward and backward."""
     vh = model_config.vocab_size * model_config.hidden_size
-    return 4 * vh * sum(s["tokens"]["padded"] for s in plan["stages"]) if arm == "oneshot-corpus" else 0.0
+    return 4 * vh * sum(s["tokens"]["padded"] for s in plan["stages"]) if arm.startswith("oneshot-corpus") else 0.0
 
 
 def matched_steps(default: dict, params: int, model_config, spent: float = 0.0, head: bool = False) -> int:
@@ -172,6 +175,8 @@ def run_cell(task: str, seed: int, fraction: float, args, records: list[dict], s
                 raise SystemExit(f"{arm} needs the default arm's compute: run 'default' first (--arms)")
             arm_steps = matched_steps(default, full_params if arm == "full-matched" else default["params"], config,
                                       teacher_flops(task, examples, args, config, full_params, arm), arm == "oneshot-corpus")
+        if arm == "oneshot-corpus-steps":  # oneshot-matched's steps: what the passages do per step, at more compute
+            arm_steps = next(r["steps"] for r in records if record_key(r) == (task, "oneshot-matched", fraction, seed))
         out, plan = train_arm(arm, key[2], task, seed, args, args.work, layers, None,
                               [*overrides(arm, fraction, arm_steps, full_out / "final", cache, examples),
                                *accumulate(args)])

@@ -139,6 +139,9 @@ def test_the_corpus_arm_is_oneshot_distilled_on_the_passages_at_the_defaults_com
     plan = {"stages": [{"params": 16_000, "tokens": {"padded": 20_000}, "steps": 10}]}
     assert study["head_flops"]("oneshot-corpus", plan, CONFIG) == 4 * 1_000 * 20_000
     assert study["head_flops"]("oneshot-matched", plan, CONFIG) == 0.0
+    same_steps = recipe(tmp_path, "oneshot-corpus-steps", steps=189)
+    assert same_steps.distill == corpus.distill and same_steps.train.steps_per_stage == 189
+    assert study["teacher_flops"]("sciq", 10, args, CONFIG, 31_000, "oneshot-corpus-steps") == build
     default = {"compute_pflops": 45_000 * 4 * 20_000 / 1e15, "tokens_per_step": 2_000.0, "params": 16_000}
     # (45,000 x 4 x 20,000 - 4 x 16,000 x 20,000) / (4 x (15,000 + 1,000) x 2,000) = 18.125
     assert study["matched_steps"](default, 16_000, CONFIG, 4 * 16_000 * 20_000, head=True) == 18
