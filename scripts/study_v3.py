@@ -113,9 +113,14 @@ def accumulate(args) -> list[str]:
     return [f"train.batch_size={args.batch_size // args.grad_accum}", f"train.grad_accum={args.grad_accum}"]
 
 
+def head_params(model_config) -> int:
+    """The LM head's parameters (the embedding's, when tied)."""
+    return model_config.vocab_size * model_config.hidden_size
+
+
 def block_params(params: int, model_config) -> int:
     """The parameters a token's forward multiplies through, less the embedding and LM head."""
-    return params - model_config.vocab_size * model_config.hidden_size * (1 if model_config.tie_word_embeddings else 2)
+    return params - head_params(model_config) * (1 if model_config.tie_word_embeddings else 2)
 
 
 def run_flops(plan: dict, model_config, full_fine_tune: bool = False) -> float:
@@ -125,10 +130,10 @@ def run_flops(plan: dict, model_config, full_fine_tune: bool = False) -> float:
 
 
 def teacher_flops(task: str, examples: int, args, model_config, full_params: int, arm: str) -> float:
-    """The -kd arm's teacher-logit cache build: one forward of the full-depth model (LM head included) over every
-    position of the training data, and the student's LM head at the KL's extra positions (x 4: forward and
-    backward)."""
-    vh = model_config.vocab_size * model_config.hidden_size
+    """The -kd and corpus arms' teacher-logit cache build: one forward of the full-depth model (LM head included)
+    over every position of the training data (and of the corpus), and the -kd arm's student LM head at the KL's
+    extra positions (x 4: forward and backward; the corpus arms' every position: :func:`head_flops`)."""
+    vh = head_params(model_config)
     if arm.startswith("oneshot-corpus"):  # the cache covers the examples and the corpus; the KL's LM head: head_flops
         tokens = args.tokens_per_example[task] * examples + args.corpus_tokens[task] * args.corpus_size[task]
         return 2 * (block_params(full_params, model_config) + vh) * tokens
@@ -141,16 +146,14 @@ def teacher_flops(task: str, examples: int, args, model_config, full_params: int
 
 def head_flops(arm: str, plan: dict, model_config) -> float:
     """The student's LM head at every position (``distill.tokens: all``: oneshot-corpus), forward and backward."""
-    vh = model_config.vocab_size * model_config.hidden_size
-    return 4 * vh * sum(s["tokens"]["padded"] for s in plan["stages"]) if arm.startswith("oneshot-corpus") else 0.0
+    return 4 * head_params(model_config) * sum(s["tokens"]["padded"] for s in plan["stages"]) if arm.startswith("oneshot-corpus") else 0.0
 
 
 def matched_steps(default: dict, params: int, model_config, spent: float = 0.0, head: bool = False) -> int:
     """Steps of a LoRA run of a model of ``params`` parameters that cost the ``default`` record's compute (at its
     padded tokens per step), less ``spent`` FLOPs (a teacher cache's build); ``head``: the LM head runs at every
     position of a step (the KL of ``distill.tokens: all``)."""
-    head_params = model_config.vocab_size * model_config.hidden_size if head else 0
-    per_step = 4 * (block_params(params, model_config) + head_params) * default["tokens_per_step"]
+    per_step = 4 * (block_params(params, model_config) + (head_params(model_config) if head else 0)) * default["tokens_per_step"]
     return max(1, round((default["compute_pflops"] * 1e15 - spent) / per_step))
 
 
