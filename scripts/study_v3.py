@@ -70,7 +70,6 @@ FULL_DEPTH = ("full", "full-4x")  # compared at every fraction (full-matched is 
 DEFAULT = ["schedule=oneshot", "lora.r=64", "lora.alpha=128", "train.lr=6e-4"]  # = tuned_oneshot's pruned stage
 KD_POSITIONS = 16  # distill.tokens of the -kd arm: the answer + this many other positions per row
 CORPUS_N = 1000  # oneshot-corpus: this many records' support passages (distill.corpus), as many as the examples
-DECISION = ROOT / "benchmarks" / "study_v3_decision.md"  # hand-written: what the study decided, and why
 COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridge", "default"),
                ("default-fullft", "default"), ("default-teacherkl", "default"), ("default-bridge-kd", "default-bridge"),
                ("default-bridge-kd", "default"), ("default", "oneshot-matched"), ("default-bridge-kd", "full-matched"),
@@ -307,7 +306,7 @@ def longer_budget(records: list[dict], task: str, fraction: float) -> str:
 
 def markdown(figures: dict, out: Path) -> str:
     s, records = figures["setup"], figures["records"]
-    png = out.with_suffix(".png")
+    png, decision = out.with_suffix(".png"), out.with_name(f"{out.stem}_decision.md")  # decision: hand-written
     plot(records, png, ARMS, FULL_DEPTH)
     commands = "; ".join(f"`{c}`" for c in s.get("commands", [s["command"]]))
     lines = [f"Commands (each runs the tasks, fractions and arms it names; records resume one by one): {commands} "
@@ -316,8 +315,8 @@ def markdown(figures: dict, out: Path) -> str:
              "`scripts/study_v3.py`.", "",
              f"**Status: {len(records)} runs so far ({', '.join(sorted({r['task'] for r in records}))}); the study "
              "runs for hours in the background and resumes record by record, so the targets below read what has run.**",
-             "", "Targets (issue 31, SmolLM2-135M):", "", *target_lines(records), "",
-             *([DECISION.read_text().strip(), ""] if DECISION.is_file() else []),
+             "", f"Targets (issue 31, {s['model']}):", "", *target_lines(records), "",
+             *([decision.read_text().strip(), ""] if decision.is_file() else []),
              f"![accuracy against training compute]({shown_path(png, ROOT)})", "",
              "Compute: training FLOPs by the 6ND rule (LoRA 4ND), every stage the arm needs, `full`'s training "
              "included for the arms that start from its model, the teacher-logit cache's build for the -kd and corpus arms. Domain "

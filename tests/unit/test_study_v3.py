@@ -98,10 +98,12 @@ def test_render_writes_the_table_and_the_plot(tmp_path):
                                                                               (0.25, "default", "full")}
     setup = {"command": "python scripts/study_v3.py", "device": "cpu", "dtype": "float32", "machine": "x86_64",
              "torch": "2", "transformers": "5", "date": "2026-12-07", "peft": "0.2", "lm_eval": "0.4",
-             "minutes": 1.0, "figures": "x.json", "general_limit": 100}
+             "minutes": 1.0, "figures": "x.json", "general_limit": 100, "model": "gemma3-270m"}
+    (tmp_path / "v3_decision.md").write_text("Decision: keep the default.\n")  # hand-written, beside --out
     text = study["markdown"]({"records": records, "comparisons": comparisons, "setup": setup}, tmp_path / "v3.json")
     assert (tmp_path / "v3.png").stat().st_size > 1000
     assert "| sciq | 50% | default | 0 | 15 | 63 | 1.000 | 0.750 ± 0.010 |" in text
+    assert "Targets (issue 31, gemma3-270m):" in text and "Decision: keep the default." in text
 
 
 def test_the_setup_keeps_every_command_whose_records_it_holds():
