@@ -77,7 +77,7 @@ COMPARISONS = (("default", "full"), ("default", "full-matched"), ("default-bridg
                ("oneshot-4x", "oneshot-matched"), ("full-4x", "full"), ("default-4x", "full-4x"), ("oneshot-4x", "full-4x"),
                ("oneshot-4x", "default-4x"), ("oneshot-4x", "full"), ("default-bridge-4x", "default-4x"),
                ("oneshot-corpus", "oneshot-matched"), ("oneshot-corpus", "full-matched"),
-               ("oneshot-corpus-steps", "oneshot-matched"))
+               ("oneshot-corpus-steps", "oneshot-matched"), ("oneshot-4x", "oneshot-corpus-steps"))
 
 
 def overrides(arm: str, fraction: float, steps: int, full: Path | None, cache: Path, examples: int) -> list[str]:
